@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fim_server.model import PRESETS, FIMDiffusionModel, ModelConfig, training_mask
+from fim_server.model import PRESETS, FIMDiffusionModel, training_mask
 from fim_server.tokenizer import Tokenizer
 from fim_server.train.corpus import iter_texts
 

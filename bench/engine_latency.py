@@ -1,0 +1,165 @@
+"""Engine latency, parallelism and memory on this machine's CPU: the fim_server targets.
+
+Cases are cut from real Python files (default: this interpreter's standard library, a fixed sorted sample)
+with the cursor inside a function body and 1-2 KB of context around it:
+- single-line: cursor mid-line, the engine completes the rest of the line (max_tokens 24);
+  "cold" = a context never seen, "typing" = the same cursor one keystroke later (the previous context is
+  cached, as when a user types);
+- multi-line: cursor at the start of a statement, max_tokens 64; tokens committed per forward pass;
+- exact match of the single-line middle against the file's real rest-of-line (quality at a glance; the
+  real quality numbers come from the HumanEval-infilling bench);
+- `diffill serve` time to a healthy /healthz; peak resident memory of this process.
+
+Run: `python bench/engine_latency.py [--n 60] [--threshold 0.9] [--out bench/results/engine.json]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import random
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def cases(n: int, seed: int = 0) -> list[dict]:
+    """Cursor positions inside function bodies of stdlib files, 1-2 KB of context around each."""
+    rng = random.Random(seed)
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    out: list[dict] = []
+    while len(out) < n:
+        text = rng.choice(files).read_text("utf-8", errors="replace")
+        lines = text.split("\n")
+        cands = [i for i, ln in enumerate(lines) if ln.startswith("        ") and len(ln.strip()) > 12
+                 and not ln.strip().startswith(("#", '"', "'"))]
+        if not cands:
+            continue
+        i = rng.choice(cands)
+        line_start = sum(len(x) + 1 for x in lines[:i])
+        ln = lines[i]
+        indent = len(ln) - len(ln.lstrip())
+        cut = rng.randint(indent + 4, len(ln) - 2)
+        cur = line_start + cut
+        before = rng.randint(1000, 1600)
+        after = rng.randint(200, 500)
+        eol = line_start + len(ln)  # the middle is the rest of the line; the suffix starts at its newline
+        k = min(len(lines) - 1, i + rng.randint(2, 4))  # multi-line: the statement and the next lines
+        ml_end = sum(len(x) + 1 for x in lines[:k]) + len(lines[k])
+        out.append({"prefix": text[max(0, cur - before): cur], "suffix": text[eol: eol + after],
+                    "truth": ln[cut:], "ml_prefix": text[max(0, line_start + indent - before): line_start + indent],
+                    "ml_suffix": text[ml_end: ml_end + after],
+                    "ml_truth": text[line_start + indent: ml_end]})
+    return out
+
+
+async def run(args) -> dict:
+    from fim_server.engine import Engine, EngineConfig
+    from fim_server.protocol import InfillRequest
+
+    t0 = time.perf_counter()
+    cfg = EngineConfig()
+    eng = Engine.load(args.model, config=EngineConfig(
+        threshold=args.threshold or cfg.threshold, eom_threshold=args.eom_threshold or cfg.eom_threshold,
+        initial_slots=args.initial_slots or cfg.initial_slots))
+    load_ms = (time.perf_counter() - t0) * 1000
+    cs = cases(args.n)
+    await eng.infill(InfillRequest(id="warmup", prefix=cs[0]["prefix"], suffix=cs[0]["suffix"], max_tokens=8))
+    single_cold, single_typing, exact, tpp_single = [], [], 0, []
+    for i, c in enumerate(cs):
+        # cold: a context the cache has never seen
+        r = await eng.infill(InfillRequest(id=f"s{i}", prefix=c["prefix"][:-1], suffix=c["suffix"],
+                                           language="python", max_tokens=24))
+        single_cold.append(r.ms)
+        # typing: one more character typed; the previous context is in the cache
+        r = await eng.infill(InfillRequest(id=f"t{i}", prefix=c["prefix"], suffix=c["suffix"],
+                                           language="python", max_tokens=24))
+        single_typing.append(r.ms)
+        exact += r.text.strip() == c["truth"].strip()
+        if r.tokens:
+            tpp_single.append(r.tokens / max(1, r.forward_passes))
+    multi_ms, multi_tok, multi_fp = [], [], []
+    for i, c in enumerate(cs):
+        r = await eng.infill(InfillRequest(id=f"m{i}", prefix=c["ml_prefix"], suffix=c["ml_suffix"],
+                                           language="python", max_tokens=64))
+        multi_ms.append(r.ms)
+        multi_tok.append(r.tokens)
+        multi_fp.append(r.forward_passes)
+    eng.close()
+    return {
+        "model_load_ms": round(load_ms, 1),
+        "single_line_cold_ms": {"p50": pct(single_cold, 50), "p95": pct(single_cold, 95)},
+        "single_line_typing_ms": {"p50": pct(single_typing, 50), "p95": pct(single_typing, 95)},
+        "single_line_exact_match": round(exact / len(cs), 3),
+        "multi_line_ms": {"p50": pct(multi_ms, 50), "p95": pct(multi_ms, 95)},
+        "multi_line_tokens_mean": round(statistics.mean(multi_tok), 1),
+        "multi_line_tokens_per_forward_pass": round(sum(multi_tok) / max(1, sum(multi_fp)), 2),
+        "single_line_tokens_per_forward_pass": round(statistics.mean(tpp_single), 2) if tpp_single else 0.0,
+    }
+
+
+def serve_health_seconds(model: Path) -> float | None:
+    """Start `diffill serve` on a free port and time the first 200 from /healthz."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "fim_server.cli", "serve", "--port", str(port), "--model",
+                             str(model)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - t0 < 30:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.02)
+        return None
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=ROOT / "fim_server" / "models" / "default")
+    ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--threshold", type=float, default=None, help="default: the engine's")
+    ap.add_argument("--eom-threshold", type=float, default=None, help="default: the engine's")
+    ap.add_argument("--initial-slots", type=int, default=None, help="default: the engine's")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "engine.json")
+    args = ap.parse_args()
+    res = asyncio.run(run(args))
+    res["serve_healthy_s"] = serve_health_seconds(args.model)
+    res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    from fim_server.engine import EngineConfig
+
+    d = EngineConfig()
+    res["engine"] = {"threshold": args.threshold or d.threshold, "eom_threshold": args.eom_threshold or d.eom_threshold,
+                     "initial_slots": args.initial_slots or d.initial_slots}
+    res["cases"] = args.n
+    res["machine"] = f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, {platform.python_version()}"
+    res["command"] = "python bench/engine_latency.py " + " ".join(sys.argv[1:])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""`diffill` command line: `serve` (websocket server), `complete` (one infill, printed), `train`.
+
+`lsp` and `bench` are added by their own packages; the parser leaves room for them.
+Heavy imports (torch, the model) happen inside the subcommands, so `diffill --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default"
+EXTENSION_LANGUAGES = {".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript",
+                       ".cjs": "javascript", ".jsx": "javascript", ".ts": "typescript", ".tsx": "tsx"}
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model directory (default: the embedded model)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    p.add_argument("--threshold", type=float, default=None, help="default confidence threshold tau (0, 1]")
+
+
+def _load_engine(a: argparse.Namespace):
+    from fim_server.engine import Engine, EngineConfig
+
+    kw = {}
+    if a.threshold is not None:
+        kw["threshold"] = a.threshold
+    if not (a.model / "config.json").exists():
+        sys.exit(f"diffill: no model at {a.model} (expected config.json, model.safetensors, tokenizer.json)")
+    return Engine.load(a.model, device=a.device, config=EngineConfig(threads=a.threads, **kw))
+
+
+def parse_position(spec: str) -> tuple[Path, int, int]:
+    """'path/to/file.py:LINE:COL' (1-based line and column, column in characters) -> parts."""
+    try:
+        path, line, col = spec.rsplit(":", 2)
+        return Path(path), int(line), int(col)
+    except ValueError:
+        raise SystemExit(f"diffill complete: expected FILE:LINE:COL (1-based), got {spec!r}") from None
+
+
+def split_at(text: str, line: int, col: int) -> tuple[str, str]:
+    """Split text at a 1-based (line, column); raises ValueError with a clear message when out of range."""
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        raise ValueError(f"line {line} is out of range: the file has {len(lines)} lines")
+    if not 1 <= col <= len(lines[line - 1]) + 1:
+        raise ValueError(f"column {col} is out of range: line {line} has {len(lines[line - 1])} characters "
+                         f"(columns 1..{len(lines[line - 1]) + 1})")
+    offset = sum(len(x) + 1 for x in lines[: line - 1]) + col - 1
+    return text[:offset], text[offset:]
+
+
+def cmd_complete(a: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from fim_server.protocol import InfillRequest
+
+    path, line, col = parse_position(a.position)
+    try:
+        text = path.read_text(encoding="utf-8")
+        prefix, suffix = split_at(text, line, col)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        print(f"diffill complete: {path}: {e}", file=sys.stderr)
+        return 2
+    language = a.language or EXTENSION_LANGUAGES.get(path.suffix.lower())
+    t0 = time.perf_counter()
+    engine = _load_engine(a)
+    load_ms = (time.perf_counter() - t0) * 1000
+    req = InfillRequest(id="cli", prefix=prefix, suffix=suffix, language=language, max_tokens=a.max_tokens,
+                        steps=a.steps, threshold=a.threshold)
+
+    async def run():
+        await engine.infill(req)  # warm-up: first call pays for allocator and thread start-up
+        return await engine.infill(req)  # the second reuses the cached context, as typing would
+
+    async def run_cold():
+        return await engine.infill(req)
+
+    res = asyncio.run(run() if a.warm else run_cold())
+    engine.close()
+    print(res.text)
+    verdict = {True: "valid", False: "invalid", None: "not validated (no grammar)"}[res.valid]
+    print(f"--- {res.tokens} tokens in {res.forward_passes} forward passes, {res.ms:.1f} ms "
+          f"({'warm' if a.warm else 'cold'} context cache); syntax {verdict}"
+          f"{', repair: ' + res.repair if res.repair else ''}; model loaded in {load_ms:.0f} ms", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from fim_server.server import ServerConfig, serve
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    engine = _load_engine(a)
+    cfg = ServerConfig(host=a.host, port=a.port, allowed_origins=tuple(a.allow_origin), token=a.token,
+                       max_in_flight=a.max_in_flight)
+    try:
+        import uvloop  # Linux/macOS; the plain asyncio loop elsewhere
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(serve(engine, cfg))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.close()
+    return 0
+
+
+def cmd_train(rest: list[str]) -> int:
+    from fim_server.train import train
+
+    sys.argv = ["diffill train", *rest]
+    train.main()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="diffill", description="Diffill: code completion by a diffusion model")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("complete", help="print the infill at FILE:LINE:COL (1-based) and its timing")
+    c.add_argument("position", help="FILE:LINE:COL, 1-based; the completion is inserted at that column")
+    c.add_argument("--language", default=None, help="language id (default: from the file extension)")
+    c.add_argument("--max-tokens", type=int, default=64)
+    c.add_argument("--steps", type=int, default=None, help="cap on denoising passes (test-time compute knob)")
+    c.add_argument("--warm", action="store_true", help="run twice and report the second (cached context)")
+    _engine_args(c)
+    s = sub.add_parser("serve", help="run the websocket server (docs/protocol.md)")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="browser origin allowed to connect (repeatable); browsers are refused by default")
+    s.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (or ?token=)")
+    s.add_argument("--max-in-flight", type=int, default=16, help="concurrent requests per connection")
+    _engine_args(s)
+    sub.add_parser("train", help="train a model (see `diffill train --help`)", add_help=False)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        return cmd_train(argv[1:])
+    a = build_parser().parse_args(argv)
+    return {"complete": cmd_complete, "serve": cmd_serve}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

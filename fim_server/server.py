@@ -1,0 +1,199 @@
+"""`diffill serve`: the websocket server. It only translates between the wire (fim_server.protocol) and the
+engine; all state about requests lives in the engine.
+
+Contract: one connection carries many concurrent requests, each answered by id. Every message the client
+sends gets either its answer or an `error` naming what was wrong; a bad message never closes the
+connection or disturbs its other requests. Messages to the client leave through one ordered outbox per
+connection, so a request's streaming `update`s always precede its `result`. When a connection closes, its
+unfinished requests are cancelled. Plain HTTP `GET /healthz` answers 200 with the model and device.
+
+Security: binds 127.0.0.1 by default. A browser page always sends an Origin header; such a connection is
+refused (403) unless its origin was allowed, so a web page cannot drive a local server. Optional bearer
+token (header `Authorization: Bearer T` or query `?token=T`); /healthz stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.exceptions import ConnectionClosed
+
+from fim_server.protocol import (
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    CancelRequest,
+    ProtocolError,
+    cancelled_message,
+    error_message,
+    parse_client_message,
+    result_message,
+    update_message,
+)
+
+log = logging.getLogger("diffill.server")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    allowed_origins: tuple[str, ...] = ()  # browser origins allowed; connections without Origin always are
+    token: str | None = None
+    max_message_bytes: int = MAX_MESSAGE_BYTES  # larger messages get a "too_large" error
+    max_in_flight: int = 16  # per connection
+
+
+def _json_response(connection: ServerConnection, status: HTTPStatus, body: dict):
+    resp = connection.respond(status, json.dumps(body) + "\n")
+    del resp.headers["Content-Type"]
+    resp.headers["Content-Type"] = "application/json"
+    return resp
+
+
+def _make_process_request(engine, config: ServerConfig):
+    def process_request(connection: ServerConnection, request):
+        url = urlsplit(request.path)
+        if url.path == "/healthz":
+            return _json_response(connection, HTTPStatus.OK, {
+                "status": "ok", "model": engine.model_name, "device": engine.device, "version": PROTOCOL_VERSION})
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in config.allowed_origins:
+            log.warning("refused connection from origin %r", origin)
+            return connection.respond(HTTPStatus.FORBIDDEN, f"origin {origin} is not allowed\n")
+        if config.token is not None:
+            auth = request.headers.get("Authorization", "")
+            given = auth[7:] if auth.startswith("Bearer ") else (parse_qs(url.query).get("token") or [""])[0]
+            if not hmac.compare_digest(given.encode(), config.token.encode()):
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
+        return None
+
+    return process_request
+
+
+class _Connection:
+    """State of one client connection: its in-flight jobs and its ordered outbox."""
+
+    def __init__(self, ws: ServerConnection, engine, config: ServerConfig):
+        self.ws, self.engine, self.config = ws, engine, config
+        self.outbox: asyncio.Queue[dict | None] = asyncio.Queue()
+        self.jobs: dict[str, object] = {}
+        self.tasks: set[asyncio.Task] = set()
+
+    async def sender(self) -> None:
+        while (msg := await self.outbox.get()) is not None:
+            try:
+                await self.ws.send(json.dumps(msg))
+            except ConnectionClosed:
+                return
+
+    def send(self, msg: dict) -> None:
+        self.outbox.put_nowait(msg)
+
+    async def run_job(self, req) -> None:
+        on_update: Callable[[str], None] | None = None
+        if req.stream:
+            on_update = lambda text: self.send(update_message(req.id, text))  # noqa: E731
+        try:
+            job = self.engine.submit(req, on_update=on_update)
+            self.jobs[req.id] = job
+            res = await job.result()
+            self.send(result_message(res))
+        except self.engine.Cancelled:
+            self.send(cancelled_message(req.id))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the engine failed this request; the connection carries on
+            log.exception("request %s failed", req.id)
+            self.send(error_message(ProtocolError("internal", f"engine error: {type(e).__name__}: {e}", req.id)))
+        finally:
+            self.jobs.pop(req.id, None)
+
+    def handle(self, raw: str | bytes) -> None:
+        try:
+            if len(raw) > self.config.max_message_bytes:
+                raise ProtocolError("too_large", f"message of {len(raw)} bytes is over the "
+                                    f"{self.config.max_message_bytes}-byte cap")
+            msg = parse_client_message(raw)
+            if isinstance(msg, CancelRequest):
+                job = self.jobs.get(msg.id)
+                if job is None:
+                    raise ProtocolError("unknown_id", f"no request {msg.id!r} in flight", msg.id)
+                job.cancel()
+                return
+            if msg.id in self.jobs:
+                raise ProtocolError("duplicate_id", f"request {msg.id!r} is already in flight", msg.id)
+            if len(self.jobs) >= self.config.max_in_flight:
+                raise ProtocolError("too_many_in_flight",
+                                    f"{self.config.max_in_flight} requests already in flight", msg.id)
+            self.jobs[msg.id] = _Pending()
+            task = asyncio.create_task(self.run_job(msg))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        except ProtocolError as e:
+            self.send(error_message(e))
+
+    def close(self) -> None:
+        for job in list(self.jobs.values()):
+            job.cancel()
+        self.send(None)
+
+
+class _Pending:
+    """Placeholder between accepting a request and the engine's job existing (same loop tick)."""
+
+    def cancel(self) -> None:
+        pass
+
+
+async def _handler(ws: ServerConnection, engine, config: ServerConfig) -> None:
+    conn = _Connection(ws, engine, config)
+    sender = asyncio.create_task(conn.sender())
+    try:
+        async for raw in ws:
+            conn.handle(raw)
+    except ConnectionClosed:
+        pass
+    finally:
+        conn.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sender, timeout=5)
+
+
+async def start_server(engine, config: ServerConfig = ServerConfig()) -> Server:
+    """Listening server; `server.sockets[0].getsockname()[1]` is the port (use port 0 in tests)."""
+    return await ws_serve(
+        lambda ws: _handler(ws, engine, config), config.host, config.port,
+        process_request=_make_process_request(engine, config),
+        max_size=4 * config.max_message_bytes,  # over the cap: an error; over 4x: websockets closes (1009)
+        compression=None,  # code is small; deflate costs latency on every message
+    )
+
+
+async def serve(engine, config: ServerConfig = ServerConfig(), *, ready: Callable[[int], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or cancellation), then close cleanly."""
+    server = await start_server(engine, config)
+    port = server.sockets[0].getsockname()[1]
+    log.info("diffill serving %s on ws://%s:%d (healthz: http://%s:%d/healthz)",
+             engine.model_name, config.host, port, config.host, port)
+    if ready is not None:
+        ready(port)
+    stop = asyncio.get_running_loop().create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    try:
+        await stop
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -1,0 +1,128 @@
+"""Engine behaviour: batching, cancellation, cache reuse, extension, truncation, syntax repair."""
+
+import asyncio
+
+import pytest
+import torch
+
+from fim_server.engine import Cancelled, Engine, EngineConfig
+from fim_server.protocol import InfillRequest
+
+
+def req(i="r", prefix="def f(x):\n    return ", suffix="\n", **kw):
+    return InfillRequest(id=i, prefix=prefix, suffix=suffix, **kw)
+
+
+@pytest.fixture
+def tiny_engine(tiny_model, tokenizer):
+    eng = Engine(tiny_model, tokenizer, name="tiny", config=EngineConfig(initial_slots=8))
+    yield eng
+    eng.close()
+
+
+def script_logits(engine, fn):
+    """Replace the model's logits for each job by fn(slot_index) -> token id (probability ~1)."""
+    real = engine._commit
+    V = engine.tok.vocab_size
+
+    def commit(s, logits):
+        idx = (s.slots == engine.tok.mask_id).nonzero()[:, 0].tolist()
+        scripted = torch.full((len(idx), V), -30.0)
+        for row, k in enumerate(idx):
+            scripted[row, fn(k)] = 30.0
+        real(s, scripted)
+
+    engine._commit = commit
+
+
+async def test_shipped_model_completes_deterministically(shipped_engine):
+    r = req(prefix="class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.", suffix="\n",
+            language="python")
+    a = await shipped_engine.infill(r)
+    b = await shipped_engine.infill(r)
+    assert a.text == b.text and a.text.strip() != ""
+    assert a.forward_passes >= 1 and a.ms > 0 and a.tokens >= 1
+    assert a.valid is True  # python has a grammar: the verdict is given
+
+
+async def test_concurrent_requests_share_forward_passes(tiny_engine):
+    reqs = [req(f"r{i}", prefix=f"x{i} = ", max_tokens=8, threshold=1.01) for i in range(4)]
+    before = tiny_engine.stats["denoise_passes"]
+    results = await asyncio.gather(*(tiny_engine.infill(r) for r in reqs))
+    passes = tiny_engine.stats["denoise_passes"] - before
+    assert sum(r.forward_passes for r in results) > passes  # batched: fewer passes than the jobs needed alone
+    assert [r.id for r in results] == ["r0", "r1", "r2", "r3"]
+
+
+async def test_cancel_takes_effect_at_the_next_step(tiny_engine):
+    eom = tiny_engine.tok.eom_id
+    script_logits(tiny_engine, lambda k: 300 if k != 10_000 else eom)  # never ends: 512 one-by-one steps
+    seen = asyncio.Event()
+    job = tiny_engine.submit(req(max_tokens=512, threshold=1.01, stream=True), on_update=lambda t: seen.set())
+    await seen.wait()
+    before = tiny_engine.stats["denoise_passes"]
+    job.cancel()
+    with pytest.raises(Cancelled):
+        await job.result()
+    assert tiny_engine.stats["denoise_passes"] - before <= 2
+    # the engine is still alive for the next request
+    assert (await tiny_engine.infill(req("after", max_tokens=4))).id == "after"
+
+
+async def test_context_cache_is_reused_while_typing(shipped_engine):
+    base = "import os\n\n\ndef read(path):\n    with open(path) as f:\n        data = f.read()\n    return da"
+    await shipped_engine.infill(req("a", prefix=base, suffix="\n"))
+    reused = shipped_engine.stats["reused_tokens"]
+    computed = shipped_engine.stats["prefill_tokens"]
+    await shipped_engine.infill(req("b", prefix=base + "t", suffix="\n"))
+    assert shipped_engine.stats["reused_tokens"] - reused > 20  # most of the context came from the cache
+    assert shipped_engine.stats["prefill_tokens"] - computed < 5
+
+
+async def test_extends_with_more_slots_until_max_tokens(tiny_engine):
+    script_logits(tiny_engine, lambda k: 300)  # never proposes <eom>
+    r = await tiny_engine.infill(req(max_tokens=20))
+    assert r.tokens == 20  # 8 initial slots, extended to the budget, and no further
+
+
+async def test_eom_ends_the_middle(tiny_engine):
+    eom = tiny_engine.tok.eom_id
+    script_logits(tiny_engine, lambda k: 300 if k < 3 else eom)
+    r = await tiny_engine.infill(req(max_tokens=64))
+    assert r.tokens == 3 and r.forward_passes == 1  # all confident: one pass, padding cut
+
+
+async def test_step_budget_caps_forward_passes(tiny_engine):
+    r = await tiny_engine.infill(req(max_tokens=8, steps=2, threshold=1.01))
+    assert r.forward_passes <= 2 + 1  # 2 for the block; an extension may add one
+
+
+async def test_huge_prefix_is_truncated_nearest_the_cursor(shipped_engine):
+    prefix = "x = 1\n" * 900_000 + "def add(a, b):\n    return a"  # ~5 MB
+    r = await shipped_engine.infill(req("big", prefix=prefix, suffix="\n", language="python"))
+    assert r.context_truncated
+    ids, truncated, p_win, _ = shipped_engine.build_context(prefix, "\n", 64)
+    assert truncated and p_win.endswith("def add(a, b):\n    return a")
+    assert len(ids) <= shipped_engine.model.cfg.max_seq_len
+
+
+async def test_invalid_candidate_is_trimmed_to_valid_lines(tiny_engine, tokenizer):
+    close, nl = tokenizer.encode(")")[0], tokenizer.encode("\n")[0]
+    eom = tokenizer.eom_id
+    script_logits(tiny_engine, lambda k: {0: close, 1: nl, 2: close}.get(k, eom))
+    r = await tiny_engine.infill(req(prefix="x = foo(1", suffix="\n", language="python"))
+    assert r.text == ")" and r.valid is True and r.repair == "trim"
+
+
+async def test_hopeless_candidate_is_dropped(tiny_engine, tokenizer):
+    close = tokenizer.encode(")")[0]
+    script_logits(tiny_engine, lambda k: close if k < 3 else tokenizer.eom_id)
+    r = await tiny_engine.infill(req(prefix="x = 1", suffix="\n", language="python"))
+    assert r.text == "" and r.valid is False and r.repair == "drop"
+
+
+async def test_language_without_grammar_passes_unvalidated(tiny_engine, tokenizer):
+    close = tokenizer.encode(")")[0]
+    script_logits(tiny_engine, lambda k: close if k < 3 else tokenizer.eom_id)
+    r = await tiny_engine.infill(req(prefix="x = 1", suffix="\n", language="cobol"))
+    assert r.text == ")))" and r.valid is None
