@@ -102,7 +102,64 @@ def check(language: str | None, prefix: str, middle: str, suffix: str) -> Verdic
     for a, b in (inside or touching):
         lo, hi = max(a, m0) - m0, min(max(b, a + 1), m1) - m0
         spans.append((_char_index(mb, lo), _char_index(mb, max(lo, hi))))
+    # tree-sitter folds a stray closer into the error of the statement being typed ("y = " + ")))"): a
+    # closer that matches no opener before it is the candidate's own error whatever the counts say
+    stray = stray_closer(key, prefix, middle)
+    if stray is not None:
+        valid = False
+        spans = [(stray, stray + 1), *spans]
     return Verdict(valid, len(before), len(after), tuple(spans))
+
+
+_PAIRS = {")": "(", "]": "[", "}": "{"}
+
+
+def _scan_brackets(key: str, text: str, stack: list[str], *, report: bool) -> int | None:
+    """Walk `text` outside strings and comments, pushing openers and popping closers; with `report`,
+    return the index of the first closer that matches no opener (else None). Approximate by design:
+    good enough to catch runaway closers; f-string braces and regex literals are not modelled."""
+    comment = "#" if key == "python" else "//"
+    i, n, quote = 0, len(text), None
+    while i < n:
+        c = text[i]
+        if quote is not None:
+            if c == "\\":
+                i += 2
+                continue
+            if text.startswith(quote, i):
+                i += len(quote)
+                quote = None
+                continue
+            if c == "\n" and len(quote) == 1 and quote != "`":
+                quote = None  # unterminated single-line string: stop at the line end
+        elif text.startswith(comment, i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        elif c in "\"'`":
+            triple = text[i:i + 3]
+            quote = triple if key == "python" and triple in ('"""', "'''") else c
+            i += len(quote)
+            continue
+        elif c in "([{":
+            stack.append(c)
+        elif c in _PAIRS:
+            if stack and stack[-1] == _PAIRS[c]:
+                stack.pop()
+            elif report:
+                return i
+        i += 1
+    return None
+
+
+def stray_closer(language: str | None, prefix: str, middle: str) -> int | None:
+    """Character index in `middle` of a closing bracket with no matching opener in prefix + middle."""
+    key = normalize_language(language)
+    if key is None:
+        return None
+    stack: list[str] = []
+    _scan_brackets(key, prefix[-20_000:], stack, report=False)
+    return _scan_brackets(key, middle, stack, report=True)
 
 
 def _char_index(data: bytes, byte_offset: int) -> int:

@@ -1,0 +1,62 @@
+"""tree-sitter validation: what counts as a new error, where it is, trimming, languages."""
+
+from fim_server import syntax
+
+
+def test_good_completion_of_a_call_is_valid():
+    v = syntax.check("python", "foo(a, ", "b)", "\n")
+    assert v.valid is True and v.errors_after == 0
+
+
+def test_candidate_adding_an_error_is_invalid_with_a_span_in_the_middle():
+    v = syntax.check("python", "x = foo(1)\ny = ", ")))", "\n")
+    assert v.valid is False
+    assert v.error_spans and all(0 <= a <= b <= 3 for a, b in v.error_spans)
+
+
+def test_document_broken_elsewhere_still_accepts_a_good_middle():
+    suffix = "\n\ndef broken(:\n    pass\n"
+    v = syntax.check("python", "def add(a, b):\n    return ", "a + b", suffix)
+    assert v.errors_before >= 1 and v.valid is True
+
+
+def test_open_call_the_user_is_typing_is_not_blamed_on_the_middle():
+    assert syntax.check("python", "print(compute(1, ", "2", "\n").valid is True
+
+
+def test_trim_keeps_good_lines_and_cuts_a_broken_one():
+    out = syntax.trim_to_valid_lines("python", "def f(x):\n", "    y = x + 1\n    return y\n)))", "\n")
+    assert out == "    y = x + 1\n    return y"
+
+
+def test_trim_returns_none_when_nothing_is_valid():
+    assert syntax.trim_to_valid_lines("python", "x = 1", ")))", "\n") is None
+
+
+def test_unsupported_language_passes_unvalidated():
+    v = syntax.check("cobol", "a", ")))", "")
+    assert v.valid is None
+    assert syntax.trim_to_valid_lines("cobol", "a", ")))", "") == ")))"
+    assert syntax.check(None, "a", "b", "").valid is None
+
+
+def test_spans_are_character_offsets_with_non_ascii_text():
+    prefix = "s = '🎉中文'\nx = 1"
+    v = syntax.check("python", prefix, "é)))", "\n")
+    assert v.valid is False
+    for a, b in v.error_spans:
+        assert 0 <= a <= b <= len("é)))")
+
+
+def test_javascript_and_typescript():
+    assert syntax.check("javascript", "const f = (a) => {\n  return a", " + 1;", "\n};\n").valid is True
+    assert syntax.check("js", "const x = [1, 2", "]]]", ";\n").valid is False
+    assert syntax.check("typescript", "function f(a: number): number {\n  return a", ";", "\n}\n").valid is True
+    assert syntax.check("typescriptreact", "const e = <div>", "hi</div>", ";\n").valid is True
+
+
+def test_aliases():
+    assert syntax.normalize_language("Python3") == "python"
+    assert syntax.normalize_language("javascriptreact") == "javascript"
+    assert syntax.normalize_language("tsx") == "tsx"
+    assert syntax.normalize_language("rust") is None
