@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import threading
 import time
@@ -40,6 +39,9 @@ from fim_server.tokenizer import Tokenizer
 log = logging.getLogger("diffill.engine")
 
 
+PREFIX_CUT_STEP = 64  # tokens: the prefix window's left edge moves in steps this size while typing
+
+
 class Cancelled(Exception):
     """The job was cancelled before it finished."""
 
@@ -49,7 +51,7 @@ class EngineConfig:
     # Defaults picked by bench/engine_latency.py sweeps on the shipped model (README, "Measured"):
     threshold: float = 0.8  # confidence tau: lower commits more per pass (faster), higher is more careful
     eom_threshold: float = 0.6  # commit the leftmost <eom> this likely at once (cuts the padding after it)
-    initial_slots: int = 16  # first block of masked slots; extended in blocks of this size, up to max_tokens
+    initial_slots: int = 8  # first block of masked slots; extended in blocks of this size, up to max_tokens
     suffix_share: float = 0.25  # part of the context budget the suffix may take when both sides are long
     cache_entries: int = 8  # cached contexts (~6 MB each for the default model at 512 tokens)
     max_batch: int = 16  # jobs denoised together in one pass
@@ -144,6 +146,8 @@ class Engine:
 
     # ---- worker ----------------------------------------------------------------------------------------
     def _run(self) -> None:
+        if self.config.threads:  # torch's CPU thread pool setting is per calling thread
+            torch.set_num_threads(self.config.threads)
         with torch.inference_mode():  # every tensor the worker makes is an inference tensor
             self._loop()
 
@@ -210,17 +214,31 @@ class Engine:
     # ---- admission: context tokens, cache reuse, prefill -------------------------------------------------
     def build_context(self, prefix: str, suffix: str, max_tokens: int) -> tuple[list[int], bool, str, str]:
         """Context ids `<suf> suffix <pre> prefix <mid>` within the model's window, keeping the text nearest
-        the cursor (end of prefix, start of suffix). -> (ids, truncated, prefix window, suffix window)."""
+        the cursor (end of prefix, start of suffix). -> (ids, truncated, prefix window, suffix window).
+
+        The cut points stay put while the user types at the cursor, so the context cache keeps hitting:
+        the suffix's share does not depend on the prefix's length once the window is full, and the prefix
+        is cut in steps of PREFIX_CUT_STEP tokens (and its text in steps of 2048 characters), not one token
+        per keystroke. Measured before this: every keystroke in a file longer than the window missed the
+        cache and paid a full prefill (~40 ms of a ~70 ms request)."""
         tok = self.tok
         budget = self.model.cfg.max_seq_len - min(max_tokens + 1, 128) - 3
-        # bound tokenizer work on huge documents: no token is shorter than one character
-        p_text, s_text = prefix[-budget * 8:], suffix[: budget * 8]
+        # bound tokenizer work on huge documents (no token is shorter than one character), at stable cuts
+        start = max(0, len(prefix) - budget * 8) // 2048 * 2048
+        if start:
+            nl = prefix.find("\n", start)
+            start = nl + 1 if 0 <= nl < start + 256 else start
+        p_text, s_text = prefix[start:], suffix[: budget * 8]
         p_ids, s_ids = tok.encode_batch([p_text, s_text])
-        s_keep = min(len(s_ids), max(int(budget * self.config.suffix_share), budget - len(p_ids)))
-        p_keep = min(len(p_ids), budget - s_keep)
-        truncated = p_keep < len(p_ids) or s_keep < len(s_ids) or len(p_text) < len(prefix) or \
-            len(s_text) < len(suffix)
-        p_ids, s_ids = p_ids[len(p_ids) - p_keep:], s_ids[:s_keep]
+        truncated = start > 0 or len(s_text) < len(suffix)
+        if len(p_ids) + len(s_ids) > budget:
+            truncated = True
+            room = (budget - len(p_ids)) // PREFIX_CUT_STEP * PREFIX_CUT_STEP  # moves every STEP tokens
+            s_ids = s_ids[: min(len(s_ids), max(int(budget * self.config.suffix_share), room))]
+            over = len(p_ids) - (budget - len(s_ids))
+            if over > 0:
+                drop = -(-over // PREFIX_CUT_STEP) * PREFIX_CUT_STEP  # ceil(over / STEP) * STEP
+                p_ids = p_ids[drop:]
         ids = [tok.suffix_id, *s_ids, tok.prefix_id, *p_ids, tok.middle_id]
         p_win = tok.decode(p_ids) if truncated else prefix
         s_win = tok.decode(s_ids) if truncated else suffix
@@ -384,6 +402,3 @@ def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     diff = (ta != tb).nonzero()
     return n if diff.numel() == 0 else int(diff[0, 0])
 
-
-def default_threads() -> int:
-    return max(1, os.cpu_count() or 1)
