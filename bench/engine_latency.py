@@ -77,7 +77,7 @@ async def run(args) -> dict:
     cfg = EngineConfig()
     eng = Engine.load(args.model, config=EngineConfig(
         threshold=args.threshold or cfg.threshold, eom_threshold=args.eom_threshold or cfg.eom_threshold,
-        initial_slots=args.initial_slots or cfg.initial_slots, int8=not args.fp32))
+        initial_slots=args.initial_slots or cfg.initial_slots, int8=args.int8))
     load_ms = (time.perf_counter() - t0) * 1000
     cs = cases(args.n)
     await eng.infill(InfillRequest(id="warmup", prefix=cs[0]["prefix"], suffix=cs[0]["suffix"], max_tokens=8))
@@ -143,7 +143,7 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=None, help="default: the engine's")
     ap.add_argument("--eom-threshold", type=float, default=None, help="default: the engine's")
     ap.add_argument("--initial-slots", type=int, default=None, help="default: the engine's")
-    ap.add_argument("--fp32", action="store_true", help="no int8 quantisation of Linear layers")
+    ap.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of Linear layers")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "engine.json")
     args = ap.parse_args()
     res = asyncio.run(run(args))
@@ -153,7 +153,7 @@ def main() -> None:
 
     d = EngineConfig()
     res["engine"] = {"threshold": args.threshold or d.threshold, "eom_threshold": args.eom_threshold or d.eom_threshold,
-                     "initial_slots": args.initial_slots or d.initial_slots, "int8": not args.fp32}
+                     "initial_slots": args.initial_slots or d.initial_slots, "int8": args.int8}
     res["cases"] = args.n
     res["machine"] = f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, {platform.python_version()}"
     res["command"] = "python bench/engine_latency.py " + " ".join(sys.argv[1:])

@@ -20,6 +20,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
     p.add_argument("--threshold", type=float, default=None, help="default confidence threshold tau (0, 1]")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 Linear layers on CPU: ~1.5x faster, not bit-deterministic across cache hits")
 
 
 def _load_engine(a: argparse.Namespace):
@@ -30,7 +32,7 @@ def _load_engine(a: argparse.Namespace):
         kw["threshold"] = a.threshold
     if not (a.model / "config.json").exists():
         sys.exit(f"diffill: no model at {a.model} (expected config.json, model.safetensors, tokenizer.json)")
-    return Engine.load(a.model, device=a.device, config=EngineConfig(threads=a.threads, **kw))
+    return Engine.load(a.model, device=a.device, config=EngineConfig(threads=a.threads, int8=a.int8, **kw))
 
 
 def parse_position(spec: str) -> tuple[Path, int, int]:

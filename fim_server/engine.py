@@ -57,8 +57,11 @@ class EngineConfig:
     max_batch: int = 16  # jobs denoised together in one pass
     repair: bool = True  # tree-sitter check, re-mask repair, trim, drop
     threads: int | None = None  # torch CPU threads (None: torch's default)
-    int8: bool = True  # on CPU, int8 dynamic quantisation of the Linear layers: measured ~1.5x faster
-    # prefill and denoising passes on 2 cores (bench/engine_latency.py; quality in the README)
+    # int8 dynamic quantisation of the Linear layers on CPU: ~1.5x faster passes on 2 cores, but off by
+    # default because activation scales are computed per forward pass, so a context prefilled whole and one
+    # extended from the cache (or batched with other requests) give slightly different logits: results stop
+    # being deterministic and the cache stops being exact (seen: 'y = x' then 'x = x' for one request).
+    int8: bool = False
 
 
 @dataclass
