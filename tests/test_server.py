@@ -170,3 +170,11 @@ async def test_in_flight_cap_answers_an_error(slow_server):
         assert m["type"] == "error" and m["code"] == "too_many_in_flight" and m["id"] == "q4"
         for i in range(4):
             await ws.send(json.dumps({"type": "cancel", "id": f"q{i}"}))
+
+
+async def test_empty_prefix_and_suffix_get_a_result(server):
+    _, port = server
+    async with connect(f"ws://127.0.0.1:{port}") as ws:
+        await ws.send(json.dumps({"type": "infill", "id": "e", "prefix": "", "suffix": "", "max_tokens": 8}))
+        (res,) = await recv_until(ws, "e")
+        assert res["type"] == "result" and res["tokens"] <= 8
