@@ -1,6 +1,5 @@
-"""`diffill` command line: `serve` (websocket server), `complete` (one infill, printed), `train`.
-
-`lsp` and `bench` are added by their own packages; the parser leaves room for them.
+"""`diffill` command line: `serve` (websocket server), `complete` (one infill, printed), `lsp` (the
+language server, from the lsp package), `train`. `bench` comes with its own issue.
 Heavy imports (torch, the model) happen inside the subcommands, so `diffill --help` is instant.
 """
 
@@ -145,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-in-flight", type=int, default=16, help="concurrent requests per connection")
     _engine_args(s)
     sub.add_parser("train", help="train a model (see `diffill train --help`)", add_help=False)
+    from lsp.server import add_arguments  # imports pygls, not torch
+
+    add_arguments(sub.add_parser("lsp", help="run the language server (stdio by default)"))
     return ap
 
 
@@ -153,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:
         return cmd_train(argv[1:])
     a = build_parser().parse_args(argv)
+    if a.cmd == "lsp":
+        from lsp.server import run
+
+        return run(a)
     return {"complete": cmd_complete, "serve": cmd_serve}[a.cmd](a)
 
 

@@ -1,0 +1,61 @@
+"""Settings, from `initializationOptions` and `workspace/didChangeConfiguration` (key "diffill" or flat).
+
+Unknown keys are ignored and mistyped values keep their defaults (logged), so a client's typo never stops
+completions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+log = logging.getLogger("diffill.lsp")
+
+
+@dataclass(frozen=True)
+class Settings:
+    enabled: bool = True
+    server_url: str | None = None  # ws://host:port of a `diffill serve`; None = the in-process engine
+    model: str | None = None  # model directory for the in-process engine; None = the embedded default
+    device: str = "cpu"
+    max_tokens: int = 64  # multi-line completions
+    single_line_max_tokens: int = 24  # mid-line: the rest of the line
+    steps: int | None = None
+    threshold: float | None = None
+    languages: tuple[str, ...] = ("python", "javascript", "javascriptreact", "typescript", "typescriptreact")
+    prefix_chars: int = 4000  # text sent before the cursor (the engine cuts to its token window)
+    suffix_chars: int = 1500
+
+    def updated(self, options: Any) -> Settings:
+        if not isinstance(options, dict):
+            return self
+        opts = options.get("diffill", options)
+        if not isinstance(opts, dict):
+            return self
+        kw: dict[str, Any] = {}
+        for f in fields(self):
+            key = f.name
+            camel = "".join(w.capitalize() if i else w for i, w in enumerate(key.split("_")))
+            if key not in opts and camel not in opts:
+                continue
+            v = opts.get(key, opts.get(camel))
+            default = getattr(self, key)
+            if key == "languages" and isinstance(v, list) and all(isinstance(x, str) for x in v):
+                kw[key] = tuple(v)
+            elif v is None and key in ("server_url", "model", "steps", "threshold"):
+                kw[key] = None
+            elif isinstance(default, bool) and isinstance(v, bool):
+                kw[key] = v
+            elif isinstance(default, int) and not isinstance(default, bool) and isinstance(v, int) \
+                    and not isinstance(v, bool) and v > 0:
+                kw[key] = v
+            elif key in ("steps",) and isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                kw[key] = v
+            elif key == "threshold" and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1:
+                kw[key] = float(v)
+            elif key in ("server_url", "model", "device") and isinstance(v, str):
+                kw[key] = v or None if key != "device" else v
+            else:
+                log.warning("ignoring setting %s=%r (wrong type or range)", key, v)
+        return replace(self, **kw)

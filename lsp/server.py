@@ -1,0 +1,178 @@
+"""The Diffill language server (pygls 2): textDocument/inlineCompletion, with textDocument/completion as a
+fallback for clients without inline completion.
+
+Contract: one engine (in-process by default, or a `diffill serve` given by `--server` / `serverUrl`),
+started at `initialized` so the first completion does not pay for loading it. A newer request for a
+document supersedes the older one still in flight (Neovim never cancels), and `$/cancelRequest` cancels
+the request in the engine. Engine failures give an empty answer and a log line; unknown documents and
+out-of-range positions get JSON-RPC InvalidParams errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from itertools import count
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+
+from fim_server.protocol import InfillRequest
+from lsp.backend import BackendError, EmbeddedBackend, RemoteBackend
+from lsp.config import Settings
+from lsp.shaping import shape, wants_multiline
+
+log = logging.getLogger("diffill.lsp")
+
+
+class DiffillServer(LanguageServer):
+    def __init__(self, settings: Settings):
+        super().__init__("diffill", "0.1.0", text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.settings = settings
+        self.backend = None
+        self.in_flight: dict[str, asyncio.Task] = {}  # uri -> the task of its newest request
+        self.ids = count()
+
+    def make_backend(self):
+        s = self.settings
+        self.backend = RemoteBackend(s.server_url) if s.server_url else EmbeddedBackend(s.model, s.device)
+        self.backend.start()
+
+
+def build(settings: Settings = Settings()) -> DiffillServer:
+    server = DiffillServer(settings)
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: DiffillServer, params: types.InitializeParams) -> None:
+        ls.settings = ls.settings.updated(params.initialization_options)
+
+    @server.feature(types.INITIALIZED)
+    def initialized(ls: DiffillServer, params: types.InitializedParams) -> None:
+        ls.make_backend()
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(ls: DiffillServer, params: types.DidChangeConfigurationParams) -> None:
+        before = ls.settings
+        ls.settings = ls.settings.updated(params.settings)
+        if (before.server_url, before.model, before.device) != (ls.settings.server_url, ls.settings.model,
+                                                                ls.settings.device):
+            old = ls.backend
+            ls.make_backend()
+            if old is not None:
+                asyncio.ensure_future(old.close())
+
+    async def complete_at(ls: DiffillServer, uri: str, position: types.Position) -> tuple[str, types.Range] | None:
+        doc = ls.workspace.text_documents.get(uri)
+        if doc is None:
+            raise JsonRpcInvalidParams(f"unknown document {uri}: send textDocument/didOpen first")
+        lines = doc.lines
+        if position.line < 0 or position.character < 0 or position.line > len(lines) or (
+                position.line == len(lines) and position.character > 0):
+            raise JsonRpcInvalidParams(f"position {position.line}:{position.character} is outside {uri}")
+        if position.line < len(lines):
+            line = lines[position.line].rstrip("\r\n")
+            if position.character > doc.position_codec.client_num_units(line):
+                raise JsonRpcInvalidParams(
+                    f"character {position.character} is past the end of line {position.line} in {uri}")
+        s = ls.settings
+        language = doc.language_id or _language_from_uri(uri)
+        if not s.enabled or (language and language not in s.languages):
+            return None
+        offset = doc.offset_at_position(position)
+        source = doc.source
+        prefix, suffix = source[max(0, offset - s.prefix_chars): offset], source[offset: offset + s.suffix_chars]
+        multiline = wants_multiline(prefix, suffix)
+        previous = ls.in_flight.get(uri)
+        if previous is not None and not previous.done():
+            previous.cancel()  # superseded: the user has moved on
+        me = asyncio.current_task()
+        ls.in_flight[uri] = me
+        req = InfillRequest(id=f"lsp{next(ls.ids)}", prefix=prefix, suffix=suffix, language=language,
+                            max_tokens=s.max_tokens if multiline else s.single_line_max_tokens,
+                            steps=s.steps, threshold=s.threshold)
+        try:
+            res = await ls.backend.infill(req)
+        except asyncio.CancelledError:
+            return None
+        except BackendError as e:
+            log.error("completion failed: %s", e)
+            return None
+        except Exception:
+            log.exception("completion failed")
+            return None
+        finally:
+            if ls.in_flight.get(uri) is me:
+                del ls.in_flight[uri]
+        text = shape(res.text, prefix, suffix, multiline)
+        if not text:
+            return None
+        return text, types.Range(start=position, end=position)
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: DiffillServer, params: types.InlineCompletionParams):
+        got = await complete_at(ls, params.text_document.uri, params.position)
+        if got is None:
+            return types.InlineCompletionList(items=[])
+        text, rng = got
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=text, range=rng)])
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
+    async def completion(ls: DiffillServer, params: types.CompletionParams):
+        got = await complete_at(ls, params.text_document.uri, params.position)
+        if got is None:
+            return types.CompletionList(is_incomplete=True, items=[])
+        text, rng = got
+        label = text.split("\n", 1)[0].strip() or text.strip()
+        item = types.CompletionItem(label=label, kind=types.CompletionItemKind.Snippet, detail="diffill",
+                                    text_edit=types.TextEdit(range=rng, new_text=text),
+                                    insert_text_format=types.InsertTextFormat.PlainText)
+        return types.CompletionList(is_incomplete=True, items=[item])
+
+    @server.feature(types.SHUTDOWN)
+    async def shutdown(ls: DiffillServer, params) -> None:
+        if ls.backend is not None:
+            await ls.backend.close()
+
+    return server
+
+
+_EXT = {".py": "python", ".js": "javascript", ".jsx": "javascriptreact", ".ts": "typescript",
+        ".tsx": "typescriptreact"}
+
+
+def _language_from_uri(uri: str) -> str | None:
+    for ext, lang in _EXT.items():
+        if uri.endswith(ext):
+            return lang
+    return None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tcp", action="store_true", help="listen on TCP instead of stdio")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=2087)
+    p.add_argument("--server", default=None, help="ws://host:port of a `diffill serve` (default: in-process)")
+    p.add_argument("--model", default=None, help="model directory for the in-process engine")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--log-file", default=None, help="log here instead of stderr")
+
+
+def run(a: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        **({"filename": a.log_file} if a.log_file else {"stream": sys.stderr}))
+    logging.getLogger("pygls").setLevel(logging.WARNING)  # pygls logs every message at INFO
+    server = build(Settings(server_url=a.server, model=a.model, device=a.device))
+    if a.tcp:
+        server.start_tcp(a.host, a.port)
+    else:
+        server.start_io()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="diffill lsp", description="Diffill language server")
+    add_arguments(p)
+    return run(p.parse_args(argv))

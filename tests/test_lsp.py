@@ -1,0 +1,137 @@
+"""The language server end to end over stdio (pytest-lsp), with the shipped model in-process."""
+
+import asyncio
+import sys
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+URI = "file:///tmp/diffill_test/point.py"
+TEXT = (
+    "class Point:\n"
+    "    def __init__(self, x, y):\n"
+    "        self.x = x\n"
+    "        self.\n"
+    "\n"
+    "    def label(self):\n"
+    "        return 'π 🎉 ' + str(self.x)\n"
+)
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=[sys.executable, "-m", "lsp"]))
+async def client(lsp_client: LanguageClient):
+    result = await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=types.ClientCapabilities(general=types.GeneralClientCapabilities(
+            position_encodings=[types.PositionEncodingKind.Utf16])),
+        initialization_options={"diffill": {"singleLineMaxTokens": 16}}))
+    lsp_client.server_capabilities_seen = result.capabilities
+    lsp_client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+        uri=URI, language_id="python", version=1, text=TEXT)))
+    yield
+    await lsp_client.shutdown_session()
+
+
+def inline(client, line, character, uri=URI):
+    return client.text_document_inline_completion_async(types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=line, character=character),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
+
+
+async def test_inline_completion_is_advertised_and_answers(client):
+    caps = client.server_capabilities_seen
+    assert caps.inline_completion_provider is not None
+    assert caps.position_encoding == types.PositionEncodingKind.Utf16
+    res = await inline(client, 3, 13)
+    assert len(res.items) == 1
+    item = res.items[0]
+    assert item.insert_text.strip() and "\n" not in item.insert_text  # end of an ordinary line: one line
+    assert item.range.start == item.range.end == types.Position(line=3, character=13)
+
+
+async def test_completion_fallback(client):
+    res = await client.text_document_completion_async(types.CompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(line=3, character=13)))
+    assert res.items and res.items[0].text_edit.new_text.strip()
+
+
+async def test_utf16_positions_after_emoji(client):
+    line = TEXT.split("\n")[6]
+    # the emoji is 2 UTF-16 units: the end of the line in UTF-16 is one more than in code points
+    end16 = len(line.encode("utf-16-le")) // 2
+    assert end16 == len(line) + 1
+    res = await inline(client, 6, end16)
+    assert not res.items or res.items[0].range.start.character == end16
+    with pytest.raises(Exception, match="past the end of line"):
+        await inline(client, 6, end16 + 1)
+
+
+async def test_unknown_document_and_bad_positions_are_errors(client):
+    with pytest.raises(Exception, match="unknown document"):
+        await inline(client, 0, 0, uri="file:///nope.py")
+    with pytest.raises(Exception, match="outside"):
+        await inline(client, 99, 0)
+
+
+async def test_newer_request_supersedes_older(client):
+    first = inline(client, 3, 13)
+    second = inline(client, 3, 13)
+    a, b = await asyncio.gather(first, second)
+    assert not a.items  # superseded: answered empty at once
+    assert len(b.items) == 1
+
+
+async def test_typing_updates_the_document(client):
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+        content_changes=[types.TextDocumentContentChangePartial(
+            range=types.Range(start=types.Position(line=3, character=13), end=types.Position(line=3, character=13)),
+            text="y")]))
+    res = await inline(client, 3, 14)
+    assert len(res.items) <= 1
+    if res.items:
+        assert res.items[0].range.start == types.Position(line=3, character=14)
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=[sys.executable, "-m", "lsp"]))
+async def broken_client(lsp_client: LanguageClient):
+    await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=types.ClientCapabilities(), initialization_options={"model": "/nonexistent/model"}))
+    lsp_client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+        uri=URI, language_id="python", version=1, text=TEXT)))
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_engine_failure_gives_empty_answers_not_a_dead_server(broken_client):
+    for _ in range(2):
+        res = await inline(broken_client, 3, 13)
+        assert not res.items
+
+
+async def test_remote_mode_survives_the_server_restarting(shipped_engine, tmp_path):
+    from pytest_lsp import make_test_lsp_client
+
+    from fim_server.server import ServerConfig, start_server
+
+    srv = await start_server(shipped_engine, ServerConfig(port=0))
+    port = srv.sockets[0].getsockname()[1]
+    client = make_test_lsp_client()
+    await client.start_io(sys.executable, "-m", "lsp")
+    try:
+        await client.initialize_session(types.InitializeParams(
+            capabilities=types.ClientCapabilities(), initialization_options={"serverUrl": f"ws://127.0.0.1:{port}"}))
+        client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+            uri=URI, language_id="python", version=1, text=TEXT)))
+        assert len((await inline(client, 3, 13)).items) == 1
+        srv.close()
+        await srv.wait_closed()
+        assert not (await inline(client, 3, 13)).items  # server gone: empty answer, LSP alive
+        srv = await start_server(shipped_engine, ServerConfig(port=port))
+        assert len((await inline(client, 3, 13)).items) == 1  # reconnected
+    finally:
+        srv.close()
+        await srv.wait_closed()
+        await client.shutdown_session()
+        await client.stop()
