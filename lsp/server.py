@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from dataclasses import dataclass
 from itertools import count
 
 from lsprotocol import types
@@ -28,6 +29,14 @@ from lsp.shaping import shape, wants_multiline
 log = logging.getLogger("diffill.lsp")
 
 
+@dataclass(frozen=True)
+class Shown:
+    offset: int  # cursor offset when the suggestion was made
+    before: str  # text just before that cursor
+    after: str  # text just after it
+    text: str  # the suggestion
+
+
 class DiffillServer(LanguageServer):
     def __init__(self, settings: Settings):
         super().__init__("diffill", "0.1.0", text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
@@ -35,6 +44,21 @@ class DiffillServer(LanguageServer):
         self.backend = None
         self.in_flight: dict[str, asyncio.Task] = {}  # uri -> the task of its newest request
         self.ids = count()
+        self.shown: dict[str, Shown] = {}  # uri -> the last suggestion shown, for typing through it
+
+    def typing_through(self, uri: str, source: str, offset: int) -> str | None:
+        """If the user has typed the first characters of the last suggestion (and nothing else changed
+        around the cursor), the rest of it, at once and without the engine."""
+        last = self.shown.get(uri)
+        if last is None or offset <= last.offset:
+            return None
+        typed = source[last.offset: offset]
+        if not last.text.startswith(typed) or len(typed) >= len(last.text):
+            return None
+        if source[max(0, last.offset - 256): last.offset] != last.before or \
+                source[offset: offset + 256] != last.after[:256]:
+            return None
+        return last.text[len(typed):]
 
     def make_backend(self):
         s = self.settings
@@ -83,7 +107,11 @@ def build(settings: Settings = Settings()) -> DiffillServer:
             return None
         offset = doc.offset_at_position(position)
         source = doc.source
-        prefix, suffix = source[max(0, offset - s.prefix_chars): offset], source[offset: offset + s.suffix_chars]
+        start = window_start(source, offset, s.prefix_chars)
+        prefix, suffix = source[start:offset], source[offset: offset + s.suffix_chars]
+        typed_through = ls.typing_through(uri, source, offset)
+        if typed_through:
+            return typed_through, types.Range(start=position, end=position)
         multiline = wants_multiline(prefix, suffix)
         previous = ls.in_flight.get(uri)
         if previous is not None and not previous.done():
@@ -109,6 +137,7 @@ def build(settings: Settings = Settings()) -> DiffillServer:
         text = shape(res.text, prefix, suffix, multiline)
         if not text:
             return None
+        ls.shown[uri] = Shown(offset, source[max(0, offset - 256): offset], suffix[:256], text)
         return text, types.Range(start=position, end=position)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
@@ -137,6 +166,20 @@ def build(settings: Settings = Settings()) -> DiffillServer:
             await ls.backend.close()
 
     return server
+
+
+WINDOW_STEP = 1024  # characters
+
+
+def window_start(source: str, offset: int, chars: int) -> int:
+    """Start of the prefix window: at least `chars` before the cursor when the file has them, on a fixed
+    grid and snapped to a line start, so it stays put while the user types and the engine's context
+    cache keeps hitting (a window that slid with every keystroke would change the context's first tokens)."""
+    start = max(0, offset - chars) // WINDOW_STEP * WINDOW_STEP
+    if start:
+        nl = source.find("\n", start, offset)
+        start = nl + 1 if nl >= 0 else start
+    return start
 
 
 _EXT = {".py": "python", ".js": "javascript", ".jsx": "javascriptreact", ".ts": "typescript",

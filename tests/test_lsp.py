@@ -135,3 +135,17 @@ async def test_remote_mode_survives_the_server_restarting(shipped_engine, tmp_pa
         await srv.wait_closed()
         await client.shutdown_session()
         await client.stop()
+
+
+async def test_typing_through_the_suggestion_is_served_from_cache(client):
+    first = (await inline(client, 3, 13)).items
+    assert first
+    shown = first[0].insert_text
+    assert len(shown) >= 2
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+        content_changes=[types.TextDocumentContentChangePartial(
+            range=types.Range(start=types.Position(line=3, character=13), end=types.Position(line=3, character=13)),
+            text=shown[0])]))
+    res = await inline(client, 3, 14)
+    assert res.items[0].insert_text == shown[1:]
