@@ -112,7 +112,7 @@ def build(settings: Settings = Settings()) -> DiffillServer:
         typed_through = ls.typing_through(uri, source, offset)
         if typed_through:
             return typed_through, types.Range(start=position, end=position)
-        multiline = wants_multiline(prefix, suffix)
+        multiline = wants_multiline(prefix, suffix, language)
         previous = ls.in_flight.get(uri)
         if previous is not None and not previous.done():
             previous.cancel()  # superseded: the user has moved on

@@ -149,3 +149,16 @@ async def test_typing_through_the_suggestion_is_served_from_cache(client):
             text=shown[0])]))
     res = await inline(client, 3, 14)
     assert res.items[0].insert_text == shown[1:]
+
+
+async def test_configuration_changes_take_effect(client):
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"diffill": {"enabled": False}}))
+    assert not (await inline(client, 3, 13)).items
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"diffill": {"enabled": True, "languages": ["javascript"]}}))
+    assert not (await inline(client, 3, 13)).items  # python is no longer enabled
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"diffill": {"languages": ["python"]}}))
+    assert len((await inline(client, 3, 13)).items) == 1
+
