@@ -162,3 +162,46 @@ async def test_configuration_changes_take_effect(client):
         settings={"diffill": {"languages": ["python"]}}))
     assert len((await inline(client, 3, 13)).items) == 1
 
+
+
+async def test_cancel_request_is_honoured(client):
+    # the engine is still loading in a fresh server, so this request is surely in flight when cancelled
+    params = types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(line=3, character=13),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked))
+    fut = client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="slow-1")
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="slow-1"))
+    res = await asyncio.wrap_future(fut)
+    assert not res.items  # answered empty, not completed
+    assert len((await inline(client, 3, 13)).items) == 1  # and the server carries on
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=[sys.executable, "-m", "lsp"]))
+async def utf8_client(lsp_client: LanguageClient):
+    result = await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=types.ClientCapabilities(general=types.GeneralClientCapabilities(
+            position_encodings=[types.PositionEncodingKind.Utf8, types.PositionEncodingKind.Utf16]))))
+    lsp_client.encoding_seen = result.capabilities.position_encoding
+    lsp_client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+        uri=URI, language_id="python", version=1, text=TEXT)))
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_utf8_positions_when_the_client_offers_them(utf8_client):
+    assert utf8_client.encoding_seen == types.PositionEncodingKind.Utf8
+    line = TEXT.split("\n")[6]
+    end8 = len(line.encode("utf-8"))
+    res = await inline(utf8_client, 6, end8)
+    assert not res.items or res.items[0].range.start.character == end8
+    with pytest.raises(Exception, match="past the end of line"):
+        await inline(utf8_client, 6, end8 + 1)
+
+
+async def test_completions_at_several_positions(client):
+    # end of a block opener (multi-line allowed), end of an ordinary statement, a blank line in a body
+    for line, character in ((1, 29), (2, 18), (4, 0)):
+        res = await inline(client, line, character)
+        for item in res.items:
+            assert item.insert_text.strip()
+            assert item.range.start == item.range.end == types.Position(line=line, character=character)
