@@ -199,9 +199,14 @@ async def test_utf8_positions_when_the_client_offers_them(utf8_client):
 
 
 async def test_completions_at_several_positions(client):
-    # end of a block opener (multi-line allowed), end of an ordinary statement, a blank line in a body
-    for line, character in ((1, 29), (2, 18), (4, 0)):
-        res = await inline(client, line, character)
+    uri = "file:///tmp/diffill_test/several.py"
+    text = "import sys\n\nx = foo(1\n\nif __name__ == '__main__':\n    print(sys.argv\n"
+    client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+        uri=uri, language_id="python", version=1, text=text)))
+    for line, character in ((2, 9), (5, 18), (3, 0)):
+        res = await inline(client, line, character, uri=uri)
+        if (line, character) != (3, 0):  # an unfinished call: the model closes it
+            assert len(res.items) == 1
         for item in res.items:
             assert item.insert_text.strip()
             assert item.range.start == item.range.end == types.Position(line=line, character=character)
