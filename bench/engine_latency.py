@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import platform
 import random
 import resource
 import socket
@@ -33,10 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+from bench.common import pct, write_results  # noqa: E402
 
 
 def cases(n: int, seed: int = 0) -> list[dict]:
@@ -155,11 +150,7 @@ def main() -> None:
     res["engine"] = {"threshold": args.threshold or d.threshold, "eom_threshold": args.eom_threshold or d.eom_threshold,
                      "initial_slots": args.initial_slots or d.initial_slots, "int8": args.int8}
     res["cases"] = args.n
-    res["machine"] = f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, {platform.python_version()}"
-    res["command"] = "python bench/engine_latency.py " + " ".join(sys.argv[1:])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
-    print(json.dumps(res, indent=1))
+    write_results(res, args.out, "engine_latency.py")
 
 
 if __name__ == "__main__":

