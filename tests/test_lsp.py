@@ -210,3 +210,15 @@ async def test_completions_at_several_positions(client):
         for item in res.items:
             assert item.insert_text.strip()
             assert item.range.start == item.range.end == types.Position(line=line, character=character)
+
+
+async def test_empty_and_huge_documents(client):
+    empty, huge = "file:///tmp/diffill_test/empty.py", "file:///tmp/diffill_test/huge.py"
+    big = "x = 1\n" * 900_000 + "print(x\n"  # ~5 MB
+    for uri, text in ((empty, ""), (huge, big)):
+        client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+            uri=uri, language_id="python", version=1, text=text)))
+    res = await inline(client, 0, 0, uri=empty)
+    assert len(res.items) <= 1
+    res = await inline(client, 900_000, 7, uri=huge)
+    assert len(res.items) == 1 and res.items[0].insert_text.startswith(")")
