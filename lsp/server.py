@@ -118,7 +118,8 @@ def build(settings: Settings = Settings()) -> DiffillServer:
             previous.cancel()  # superseded: the user has moved on
         me = asyncio.current_task()
         ls.in_flight[uri] = me
-        req = InfillRequest(id=f"lsp{next(ls.ids)}", prefix=prefix, suffix=suffix, language=language,
+        # the last line of a file often has no newline; the model learned files that end with one
+        req = InfillRequest(id=f"lsp{next(ls.ids)}", prefix=prefix, suffix=suffix or "\n", language=language,
                             max_tokens=s.max_tokens if multiline else s.single_line_max_tokens,
                             steps=s.steps, threshold=s.threshold)
         try:

@@ -222,3 +222,11 @@ async def test_empty_and_huge_documents(client):
     assert len(res.items) <= 1
     res = await inline(client, 900_000, 7, uri=huge)
     assert len(res.items) == 1 and res.items[0].insert_text.startswith(")")
+
+
+async def test_last_line_without_newline_is_completed(client):
+    uri = "file:///tmp/diffill_test/eof.py"
+    client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+        uri=uri, language_id="python", version=1, text="import sys\n\nprint(sys.argv")))
+    res = await inline(client, 2, 14, uri=uri)
+    assert len(res.items) == 1 and res.items[0].insert_text == ")"
