@@ -25,6 +25,7 @@ import os
 import queue
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ class _Slot:
     steps: int = 0
     repair: str | None = None
     repaired_once: bool = False
+    verdict: syntax.Verdict | None = None  # of the current finished candidate, so it is parsed once
     last_draft: str = ""
 
 
@@ -113,6 +115,7 @@ class Engine:
         self._closed = False
         # counters for benchmarks and tests: context tokens computed vs reused from the cache, passes made
         self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "denoise_passes": 0}
+        self._batch_kv: tuple[list[_Slot], KV] | None = None  # see _batched_context
         self._banned = torch.tensor(sorted(tokenizer.special_ids - {tokenizer.eom_id}))
 
     @classmethod
@@ -306,15 +309,7 @@ class Engine:
             for b, s in enumerate(batch):
                 slots[b, : s.slots.numel()] = s.slots
                 pos[b] = len(s.ctx_ids) + torch.arange(m)
-            past = []
-            for layer in range(model.cfg.n_layers):
-                ks, vs = [], []
-                for s in batch:
-                    k, v = s.ctx_kv[layer]
-                    padn = t_ctx - k.shape[2]
-                    ks.append(torch.nn.functional.pad(k, (0, 0, 0, padn)))
-                    vs.append(torch.nn.functional.pad(v, (0, 0, 0, padn)))
-                past.append((torch.cat(ks), torch.cat(vs)))
+            past = self._batched_context(batch, t_ctx)
             mask = context_slot_mask(torch.tensor([len(s.ctx_ids) for s in batch]),
                                      torch.tensor([s.slots.numel() for s in batch]), t_ctx, m)
             h = model.denoise_hidden(slots.to(self.device), pos.to(self.device), past, mask.to(self.device))
@@ -330,6 +325,23 @@ class Engine:
             self._commit(s, logits[off: off + n])
             off += n
 
+    def _batched_context(self, batch: list[_Slot], t_ctx: int) -> KV:
+        """The jobs' context KV right-padded to t_ctx and stacked (B, H, t_ctx, Dh) per layer; rebuilt only
+        when the batch's membership changes, since contexts are fixed while a job denoises."""
+        if self._batch_kv is not None and len(self._batch_kv[0]) == len(batch) and \
+                all(a is b for a, b in zip(self._batch_kv[0], batch)):  # identity, not id(): ids get reused
+            return self._batch_kv[1]
+        past = []
+        for layer in range(self.model.cfg.n_layers):
+            ks, vs = [], []
+            for s in batch:
+                k, v = s.ctx_kv[layer]
+                ks.append(torch.nn.functional.pad(k, (0, 0, 0, t_ctx - k.shape[2])))
+                vs.append(torch.nn.functional.pad(v, (0, 0, 0, t_ctx - v.shape[2])))
+            past.append((torch.cat(ks), torch.cat(vs)))
+        self._batch_kv = (list(batch), past)
+        return past
+
     def _commit(self, s: _Slot, logits: torch.Tensor) -> None:
         req, tok = s.req, self.tok
         threshold = req.threshold if req.threshold is not None else self.config.threshold
@@ -337,7 +349,7 @@ class Engine:
         steps_left = None if req.steps is None else req.steps - s.steps
         gen = None
         if req.temperature > 0:
-            gen = torch.Generator().manual_seed(hash((req.id, s.steps)) & 0xFFFFFFFF)
+            gen = torch.Generator().manual_seed(zlib.crc32(f"{req.id}:{s.steps}".encode()))
         s.slots, _ = sampler.denoise_step(
             s.slots, logits, mask_id=tok.mask_id, threshold=threshold,
             min_commit=sampler.min_commit_for(n_masked, steps_left), temperature=req.temperature, generator=gen,
@@ -359,7 +371,7 @@ class Engine:
             return False
         if not self.config.repair or s.repaired_once:
             return True
-        verdict = self._verdict(s)
+        verdict = s.verdict = self._verdict(s)
         if verdict.valid is not False or not verdict.error_spans:
             return True
         # repair: re-mask the tokens that overlap the error spans (and one token either side), denoise again
@@ -375,6 +387,7 @@ class Engine:
         if not hit:
             return True
         s.repair = "remask"
+        s.verdict = None  # the candidate is about to change
         idx = torch.tensor(sorted(hit))
         s.slots[idx] = self.tok.mask_id
         return False
@@ -390,7 +403,7 @@ class Engine:
         valid: bool | None = None
         repair = s.repair
         if self.config.repair and syntax.supported(s.req.language):
-            verdict = self._verdict(s)
+            verdict = s.verdict or self._verdict(s)
             valid = verdict.valid
             if not valid:
                 trimmed = syntax.trim_to_valid_lines(s.req.language, s.window_prefix, text, s.window_suffix)

@@ -126,3 +126,14 @@ async def test_language_without_grammar_passes_unvalidated(tiny_engine, tokenize
     script_logits(tiny_engine, lambda k: close if k < 3 else tokenizer.eom_id)
     r = await tiny_engine.infill(req(prefix="x = 1", suffix="\n", language="cobol"))
     assert r.text == ")))" and r.valid is None
+
+
+async def test_batched_requests_give_the_same_answers_as_alone(shipped_engine):
+    prefixes = ["import sys\n\nprint(sys.argv",
+                "class P:\n    def __init__(self, x, y):\n        self.x = x\n        self.",
+                "def area(w, h):\n    return w * ",
+                "    def get_name(self):\n        return self."]
+    reqs = [req(f"b{i}", prefix=p, suffix="\n", language="python", max_tokens=24) for i, p in enumerate(prefixes)]
+    alone = [(await shipped_engine.infill(r)).text for r in reqs]
+    together = [r.text for r in await asyncio.gather(*(shipped_engine.infill(r) for r in reqs))]
+    assert together == alone
