@@ -33,3 +33,8 @@ def test_humaneval_infill_smoke(tmp_path):
     res = run_bench("humaneval_infill.py", tmp_path / "h.json", "--kinds", "single,multi,random", "--limit", "2")
     assert [res[k]["tasks"] for k in ("single", "multi", "random")] == [2, 2, 2]
     assert "machine" in res and res["command"].startswith("python bench/humaneval_infill.py")
+
+
+def test_load_smoke(tmp_path):
+    res = run_bench("load.py", tmp_path / "w.json", "--requests", "4", "--clients", "1,2")
+    assert {k: v["answered"] for k, v in res["clients"].items()} == {"1": 4, "2": 4}  # nothing lost
