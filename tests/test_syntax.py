@@ -60,3 +60,19 @@ def test_aliases():
     assert syntax.normalize_language("javascriptreact") == "javascript"
     assert syntax.normalize_language("tsx") == "tsx"
     assert syntax.normalize_language("rust") is None
+
+
+def test_incremental_reparse_finds_the_same_errors_as_a_full_parse():
+    import random
+    from pathlib import Path
+
+    src = (Path(syntax.__file__).parent / "engine.py").read_text()
+    rng = random.Random(1)
+    for _ in range(120):
+        a = rng.randrange(len(src))
+        b = min(len(src), a + rng.randrange(80))
+        middle = rng.choice([src[a:b], src[a:b][::-1], ")))", "é\n  x = (", ""])
+        doc = syntax._document("python", src[:a], src[b:])
+        incremental = syntax._errors(syntax._with_middle("python", doc, syntax._encode(middle)))
+        full = syntax._errors(syntax._parser("python").parse(syntax._encode(src[:a] + middle + src[b:])))
+        assert incremental == full
