@@ -13,6 +13,14 @@ Contract:
 - Syntax (fim_server.syntax): a finished candidate that adds a syntax error is repaired once by re-masking
   the tokens around the error and denoising again; if still invalid it is trimmed to its longest valid run
   of whole lines; else dropped (empty text, valid False).
+- Edits (`engine.submit_edit(req)` -> `EditJob`): several regions of one document regenerated jointly. Each
+  region is a job whose context is the document around it (the other regions as sent); the region jobs are
+  admitted together and share every batched pass, so k regions cost about as many passes as the slowest
+  one, not the sum. A "revise" region starts from its own tokens: one scoring pass (tokens masked in
+  strided groups, every token scored with its neighbours in view) finds the tokens the model finds
+  unlikely, only those are re-masked, and the region keeps its token count. A region that had text is
+  never trimmed: if nothing valid comes, its original stays. Finally the whole document is re-parsed and
+  regions are reverted until it has no more syntax errors than it had.
 
 The engine knows the tokenizer's special ids and nothing of the wire protocol beyond its dataclasses.
 """
@@ -35,17 +43,22 @@ import torch
 
 from fim_server import sampler, syntax
 from fim_server.model import KV, FIMDiffusionModel, context_slot_mask
-from fim_server.protocol import InfillRequest, InfillResult
+from fim_server.protocol import EditRequest, EditResult, InfillRequest, InfillResult, RegionResult
 from fim_server.tokenizer import Tokenizer
 
 log = logging.getLogger("diffill.engine")
 
 
 PREFIX_CUT_STEP = 64  # tokens: the prefix window's left edge moves in steps this size while typing
+MAX_REVISE_TOKENS = 384  # a "revise" region's tokens (+ its context) must fit the model's window
 
 
 class Cancelled(Exception):
     """The job was cancelled before it finished."""
+
+
+class RequestError(ValueError):
+    """The request is well formed but cannot be served as asked (e.g. a region too long to revise)."""
 
 
 @dataclass(frozen=True)
@@ -58,12 +71,23 @@ class EngineConfig:
     cache_entries: int = 8  # cached contexts (~6 MB each for the default model at 512 tokens)
     max_batch: int = 16  # jobs denoised together in one pass
     repair: bool = True  # tree-sitter check, re-mask repair, trim, drop
+    # "revise" edits re-mask the tokens whose probability (each scored with its neighbours in view) is below
+    # this. 0.5 on the shipped model re-masks about a third of ordinary code (bench/edit_holes.py).
+    revise_threshold: float = 0.5
+    revise_groups: int = 4  # scoring pass: token j is masked in row j % groups, so each sees 3/4 of the rest
     threads: int | None = None  # torch CPU threads (None: torch's default)
     # int8 dynamic quantisation of the Linear layers on CPU: ~1.5x faster passes on 2 cores, but off by
     # default because activation scales are computed per forward pass, so a context prefilled whole and one
     # extended from the cache (or batched with other requests) give slightly different logits: results stop
     # being deterministic and the cache stops being exact (seen: 'y = x' then 'x = x' for one request).
     int8: bool = False
+
+
+@dataclass
+class _Group:
+    """The region jobs of one edit: they are admitted together and their batched passes are counted once."""
+
+    passes: int = 0
 
 
 @dataclass
@@ -89,6 +113,10 @@ class _Slot:
     repaired_once: bool = False
     verdict: syntax.Verdict | None = None  # of the current finished candidate, so it is parsed once
     last_draft: str = ""
+    group: _Group | None = None  # set for the regions of an edit
+    original: str = ""  # edit regions: the region's text as sent
+    revise_threshold: float | None = None  # set for "revise" regions: keep the token count, re-mask unlikely
+    remasked: int | None = None
 
 
 class Job:
@@ -103,13 +131,51 @@ class Job:
         return await self._slot.future
 
 
+class EditJob:
+    """An edit in flight: one region job per region, answered together as an `EditResult`."""
+
+    def __init__(self, req: EditRequest, slots: list[_Slot], group: _Group):
+        self.req, self._slots, self._group = req, slots, group
+        self.id = req.id
+
+    def cancel(self) -> None:
+        for s in self._slots:
+            s.cancelled = True
+
+    async def result(self) -> EditResult:
+        try:
+            outs: list[InfillResult] = await asyncio.gather(*(s.future for s in self._slots))
+        except BaseException:
+            self.cancel()
+            raise
+        req = self.req
+        texts = []
+        for s, out in zip(self._slots, outs):
+            # an answer that would only delete a region the user had written is no answer
+            empty = not out.text.strip() and s.original.strip()
+            texts.append(s.original if out.valid is False or empty else out.text)
+        spans = [(r.start, r.end) for r in req.regions]
+        keep, before, after = syntax.revert_until_no_worse(req.language, req.text, spans, texts)
+        regions = []
+        for r, s, out, text, kept in zip(req.regions, self._slots, outs, texts, keep):
+            repair = out.repair if kept else "revert"
+            text = text if kept else s.original
+            regions.append(RegionResult(start=r.start, end=r.end, text=text, changed=text != s.original,
+                                        valid=out.valid, tokens=out.tokens, repair=repair, remasked=s.remasked))
+        return EditResult(id=req.id, regions=tuple(regions), errors_before=before, errors_after=after,
+                          forward_passes=self._group.passes,
+                          ms=round((time.perf_counter() - self._slots[0].t0) * 1000, 2),
+                          context_truncated=any(o.context_truncated for o in outs))
+
+
 class Engine:
     Cancelled = Cancelled
+    RequestError = RequestError
 
     def __init__(self, model: FIMDiffusionModel, tokenizer: Tokenizer, *, name: str = "model",
                  device: str = "cpu", config: EngineConfig = EngineConfig()):
         self.model, self.tok, self.model_name, self.device, self.config = model, tokenizer, name, device, config
-        self._queue: queue.SimpleQueue[_Slot | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Slot] | None] = queue.SimpleQueue()
         self._cache: OrderedDict[tuple[int, ...], KV] = OrderedDict()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -138,8 +204,35 @@ class Engine:
         loop = asyncio.get_running_loop()
         slot = _Slot(req=req, loop=loop, future=loop.create_future(), on_update=on_update, t0=time.perf_counter())
         self._ensure_worker()
-        self._queue.put(slot)
+        self._queue.put([slot])
         return Job(slot)
+
+    def submit_edit(self, req: EditRequest) -> EditJob:
+        """Regenerate `req.regions` of `req.text` jointly (see the module docstring). Inside an event loop."""
+        if self._closed:
+            raise RuntimeError("engine is closed")
+        loop = asyncio.get_running_loop()
+        group, slots, t0 = _Group(), [], time.perf_counter()
+        for i, r in enumerate(req.regions):
+            original = req.text[r.start: r.end]
+            revise = r.mode == "revise"
+            if revise:
+                threshold = req.revise_threshold or self.config.revise_threshold
+                n = len(self.tok.encode(original))
+                if n > MAX_REVISE_TOKENS:
+                    raise RequestError(f"region {r.start}..{r.end} has {n} tokens; 'revise' takes at most "
+                                     f"{MAX_REVISE_TOKENS}")
+            sub = InfillRequest(id=f"{req.id}#{i}", prefix=req.text[: r.start], suffix=req.text[r.end:],
+                                language=req.language, max_tokens=n + 1 if revise else r.max_tokens,
+                                steps=req.steps, threshold=req.threshold, temperature=req.temperature)
+            slots.append(_Slot(req=sub, loop=loop, future=loop.create_future(), on_update=None, t0=t0,
+                               group=group, original=original, revise_threshold=threshold if revise else None))
+        self._ensure_worker()
+        self._queue.put(slots)
+        return EditJob(req, slots, group)
+
+    async def edit(self, req: EditRequest) -> EditResult:
+        return await self.submit_edit(req).result()
 
     async def infill(self, req: InfillRequest) -> InfillResult:
         return await self.submit(req).result()
@@ -169,14 +262,15 @@ class Engine:
         active: list[_Slot] = []
         while True:
             try:
-                incoming = [self._queue.get()] if not active else []
+                items = [self._queue.get()] if not active else []
                 while True:
                     try:
-                        incoming.append(self._queue.get_nowait())
+                        items.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                if None in incoming:
-                    for s in active + [s for s in incoming if s is not None]:
+                incoming = [s for item in items if item is not None for s in item]
+                if None in items:
+                    for s in active + incoming:
                         self._fail(s, Cancelled("engine closed"))
                     return
                 for s in incoming:
@@ -185,7 +279,10 @@ class Engine:
                         continue
                     try:
                         self._admit(s)
-                        active.append(s)
+                        if s.revise_threshold is not None and self._finished(s):
+                            self._finish(s)  # the model found nothing to change in a revised region
+                        else:
+                            active.append(s)
                     except Exception as e:  # a bad request must not take the worker down
                         log.exception("admitting %s failed", s.req.id)
                         self._fail(s, e)
@@ -263,7 +360,39 @@ class Engine:
         s.ctx_ids, s.context_truncated, s.window_prefix, s.window_suffix = self.build_context(
             req.prefix, req.suffix, req.max_tokens)
         s.ctx_kv, s.cached_tokens = self._prefill(s.ctx_ids)
-        s.slots = torch.full((min(self.config.initial_slots, req.max_tokens),), self.tok.mask_id, dtype=torch.long)
+        if s.revise_threshold is not None:
+            s.slots = self._revise_slots(s)
+        else:
+            s.slots = torch.full((min(self.config.initial_slots, req.max_tokens),), self.tok.mask_id,
+                                 dtype=torch.long)
+
+    def _revise_slots(self, s: _Slot) -> torch.Tensor:
+        """The region's own tokens + a committed <eom>, with the tokens the model finds unlikely re-masked.
+
+        One pass scores every token: row g of a (G, M) batch masks the tokens j with j % G == g, so each
+        token's probability is read with the other (G-1)/G of the region in view (a strided pseudo-likelihood;
+        with everything masked at once a token far from the edges would see nothing of its neighbours)."""
+        tok = self.tok
+        ids = torch.tensor(tok.encode(s.original) + [tok.eom_id], dtype=torch.long)  # (M,)
+        n, G = ids.numel() - 1, max(1, min(self.config.revise_groups, ids.numel() - 1))
+        j = torch.arange(ids.numel())
+        masked = (j[None, :] % G == torch.arange(G)[:, None]) & (j[None, :] < n)  # (G, M)
+        rows = torch.where(masked, tok.mask_id, ids[None, :])
+        T = len(s.ctx_ids)
+        pos = (T + j)[None].expand(G, -1)
+        ctx = [(k.expand(G, -1, -1, -1), v.expand(G, -1, -1, -1)) for k, v in s.ctx_kv]
+        h = self.model.denoise_hidden(rows.to(self.device), pos.to(self.device), ctx, mask=None)  # (G, M, D)
+        logits = self.model.logits(h[masked.to(self.device)]).float().cpu()  # (n, V), ordered by (g, j)
+        logits[:, self._banned] = float("-inf")
+        order = masked.nonzero()[:, 1]  # the token index of each logits row
+        prob = torch.softmax(logits, dim=-1).gather(-1, ids[order][:, None])[:, 0]
+        unlikely = order[prob < s.revise_threshold]
+        self.stats["denoise_passes"] += 1
+        s.group.passes += 1
+        s.steps += 1
+        s.remasked = int(unlikely.numel())
+        ids[unlikely] = tok.mask_id
+        return ids
 
     def _prefill(self, ids: list[int]) -> tuple[KV, int]:
         key = tuple(ids)
@@ -293,6 +422,8 @@ class Engine:
     def _step(self, batch: list[_Slot]) -> None:
         tok, model = self.tok, self.model
         self.stats["denoise_passes"] += 1
+        for g in {id(s.group): s.group for s in batch if s.group is not None}.values():
+            g.passes += 1
         if len(batch) == 1:
             s = batch[0]
             T = len(s.ctx_ids)
@@ -322,6 +453,8 @@ class Engine:
         off = 0
         for s, sj in zip(batch, sel):
             n = int(sj.sum())
+            if s.revise_threshold is not None:
+                logits[off: off + n, tok.eom_id] = float("-inf")  # a revised region keeps its token count
             self._commit(s, logits[off: off + n])
             off += n
 
@@ -406,7 +539,9 @@ class Engine:
             verdict = s.verdict or self._verdict(s)
             valid = verdict.valid
             if not valid:
-                trimmed = syntax.trim_to_valid_lines(s.req.language, s.window_prefix, text, s.window_suffix)
+                # a region that had text is never cut short: the caller keeps the original instead
+                trimmed = None if s.original else \
+                    syntax.trim_to_valid_lines(s.req.language, s.window_prefix, text, s.window_suffix)
                 if trimmed is not None:
                     text, valid, repair = trimmed, True, "trim"
                 else:

@@ -17,6 +17,8 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # a 1 MB file fits even with every characte
 MAX_TOKENS_LIMIT = 512
 MAX_STEPS_LIMIT = 1024
 MAX_ID_CHARS = 128
+MAX_REGIONS = 64  # regions in one edit request
+EDIT_MODES = ("fill", "revise")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,30 @@ class InfillRequest:
 
 
 @dataclass(frozen=True)
+class EditRegion:
+    """A span of the document to regenerate. Offsets are str indices (Unicode code points) into the text."""
+
+    start: int
+    end: int  # start == end: an insertion point (a hole)
+    mode: str = "fill"  # "fill": new text, the span's text is discarded; "revise": re-mask unlikely tokens only
+    max_tokens: int = 64  # "fill" only: most tokens the new text may have
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """Regenerate several regions of one document jointly: one run of batched denoising passes for all."""
+
+    id: str
+    text: str
+    regions: tuple[EditRegion, ...]  # sorted, disjoint
+    language: str | None = None
+    steps: int | None = None
+    threshold: float | None = None
+    temperature: float = 0.0
+    revise_threshold: float | None = None  # "revise": tokens the model gives less than this are re-masked
+
+
+@dataclass(frozen=True)
 class CancelRequest:
     id: str
 
@@ -46,6 +72,29 @@ class InfillResult:
     forward_passes: int
     ms: float
     repair: str | None = None  # None, "remask", "trim" or "drop"
+    context_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class RegionResult:
+    start: int  # the region as requested
+    end: int
+    text: str  # its new text (the original text when nothing valid was found: `changed` is False)
+    changed: bool
+    valid: bool | None  # tree-sitter verdict of the region's candidate (None: no grammar)
+    tokens: int
+    repair: str | None = None  # as InfillResult, plus "revert": the joint check put the original back
+    remasked: int | None = None  # "revise": tokens the model re-masked (0: it found nothing to change)
+
+
+@dataclass(frozen=True)
+class EditResult:
+    id: str
+    regions: tuple[RegionResult, ...]
+    errors_before: int | None  # syntax errors in the document as sent (None: no grammar)
+    errors_after: int | None  # ... with every region's new text; never more than errors_before
+    forward_passes: int  # batched passes this edit took part in (all regions together), scoring included
+    ms: float
     context_truncated: bool = False
 
 
@@ -72,7 +121,7 @@ def _field(msg: dict, name: str, types: tuple[type, ...], rid: str | None, *, re
     return v
 
 
-def parse_client_message(raw: str | bytes) -> InfillRequest | CancelRequest:
+def parse_client_message(raw: str | bytes) -> InfillRequest | EditRequest | CancelRequest:
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -86,38 +135,91 @@ def parse_client_message(raw: str | bytes) -> InfillRequest | CancelRequest:
         raise ProtocolError("bad_json", "message must be a JSON object")
     rid = msg.get("id") if isinstance(msg.get("id"), str) else None
     mtype = msg.get("type")
-    if mtype not in ("infill", "cancel"):
-        raise ProtocolError("unknown_type", f"unknown message type {mtype!r}; expected 'infill' or 'cancel'", rid)
+    if mtype not in ("infill", "edit", "cancel"):
+        raise ProtocolError("unknown_type",
+                            f"unknown message type {mtype!r}; expected 'infill', 'edit' or 'cancel'", rid)
     rid = _field(msg, "id", (str,), None, required=True)
     if not rid or len(rid) > MAX_ID_CHARS:
         raise ProtocolError("bad_field", f"field 'id' must be 1..{MAX_ID_CHARS} characters", None)
     if mtype == "cancel":
         return CancelRequest(rid)
-    prefix = _field(msg, "prefix", (str,), rid, required=True)
-    suffix = _field(msg, "suffix", (str,), rid, default="")
     language = _field(msg, "language", (str,), rid)
-    max_tokens = _field(msg, "max_tokens", (int,), rid, default=64)
-    if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        raise ProtocolError("bad_field", f"max_tokens must be 1..{MAX_TOKENS_LIMIT}, got {max_tokens}", rid)
-    stream = _field(msg, "stream", (bool,), rid, default=False)
     steps = _field(msg, "steps", (int,), rid)
     if steps is not None and not 1 <= steps <= MAX_STEPS_LIMIT:
         raise ProtocolError("bad_field", f"steps must be 1..{MAX_STEPS_LIMIT}, got {steps}", rid)
-    threshold = _field(msg, "threshold", (int, float), rid)
-    if threshold is not None and not (0 < threshold <= 1):
-        raise ProtocolError("bad_field", f"threshold must be in (0, 1], got {threshold}", rid)
+    threshold = _probability(msg, "threshold", rid)
     temperature = _field(msg, "temperature", (int, float), rid, default=0.0)
     if not (math.isfinite(temperature) and 0 <= temperature <= 10):
         raise ProtocolError("bad_field", f"temperature must be in [0, 10], got {temperature}", rid)
+    if mtype == "edit":
+        text = _field(msg, "text", (str,), rid, required=True)
+        return EditRequest(id=rid, text=text, regions=_regions(msg, len(text), rid), language=language,
+                           steps=steps, threshold=threshold, temperature=float(temperature),
+                           revise_threshold=_probability(msg, "revise_threshold", rid))
+    prefix = _field(msg, "prefix", (str,), rid, required=True)
+    suffix = _field(msg, "suffix", (str,), rid, default="")
+    max_tokens = _max_tokens(msg, rid)
+    stream = _field(msg, "stream", (bool,), rid, default=False)
     return InfillRequest(id=rid, prefix=prefix, suffix=suffix, language=language, max_tokens=max_tokens,
-                         stream=stream, steps=steps, threshold=None if threshold is None else float(threshold),
-                         temperature=float(temperature))
+                         stream=stream, steps=steps, threshold=threshold, temperature=float(temperature))
+
+
+def _probability(msg: dict, name: str, rid: str) -> float | None:
+    v = _field(msg, name, (int, float), rid)
+    if v is not None and not (0 < v <= 1):
+        raise ProtocolError("bad_field", f"{name} must be in (0, 1], got {v}", rid)
+    return None if v is None else float(v)
+
+
+def _max_tokens(msg: dict, rid: str, where: str = "") -> int:
+    v = _field(msg, "max_tokens", (int,), rid, default=64)
+    if not 1 <= v <= MAX_TOKENS_LIMIT:
+        raise ProtocolError("bad_field", f"{where}max_tokens must be 1..{MAX_TOKENS_LIMIT}, got {v}", rid)
+    return v
+
+
+def _regions(msg: dict, n_chars: int, rid: str) -> tuple[EditRegion, ...]:
+    """Regions of an edit: 1..MAX_REGIONS objects, inside the text, disjoint (two holes may not share an
+    offset), returned sorted by position."""
+    raw = _field(msg, "regions", (list,), rid, required=True)
+    if not 1 <= len(raw) <= MAX_REGIONS:
+        raise ProtocolError("bad_field", f"regions must hold 1..{MAX_REGIONS} regions, got {len(raw)}", rid)
+    out = []
+    for i, r in enumerate(raw):
+        where = f"regions[{i}]."
+        if not isinstance(r, dict):
+            raise ProtocolError("bad_field", f"regions[{i}] must be an object", rid)
+        start = _field(r, "start", (int,), rid, required=True)
+        end = _field(r, "end", (int,), rid, required=True)
+        if not 0 <= start <= end <= n_chars:
+            raise ProtocolError("bad_field", f"{where}start/end must satisfy 0 <= start <= end <= {n_chars} "
+                                f"(the text's length in code points), got {start}..{end}", rid)
+        mode = _field(r, "mode", (str,), rid, default="fill")
+        if mode not in EDIT_MODES:
+            raise ProtocolError("bad_field", f"{where}mode must be one of {EDIT_MODES}, got {mode!r}", rid)
+        if mode == "revise" and start == end:
+            raise ProtocolError("bad_field", f"{where}a 'revise' region must not be empty", rid)
+        out.append(EditRegion(start, end, mode, _max_tokens(r, rid, where)))
+    out.sort(key=lambda r: (r.start, r.end))
+    for a, b in zip(out, out[1:]):
+        if b.start < a.end or b.start == a.start:
+            raise ProtocolError("bad_field", f"regions {a.start}..{a.end} and {b.start}..{b.end} overlap", rid)
+    return tuple(out)
 
 
 def result_message(r: InfillResult) -> dict:
     return {"type": "result", "id": r.id, "text": r.text, "valid": r.valid, "tokens": r.tokens,
             "forward_passes": r.forward_passes, "ms": r.ms, "repair": r.repair,
             "context_truncated": r.context_truncated, "version": PROTOCOL_VERSION}
+
+
+def edit_result_message(r: EditResult) -> dict:
+    return {"type": "edit_result", "id": r.id,
+            "regions": [{"start": g.start, "end": g.end, "text": g.text, "changed": g.changed, "valid": g.valid,
+                         "tokens": g.tokens, "repair": g.repair, "remasked": g.remasked} for g in r.regions],
+            "errors_before": r.errors_before, "errors_after": r.errors_after,
+            "forward_passes": r.forward_passes, "ms": r.ms, "context_truncated": r.context_truncated,
+            "version": PROTOCOL_VERSION}
 
 
 def update_message(rid: str, text: str) -> dict:

@@ -33,8 +33,10 @@ from fim_server.protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     CancelRequest,
+    EditRequest,
     ProtocolError,
     cancelled_message,
+    edit_result_message,
     error_message,
     parse_client_message,
     result_message,
@@ -102,13 +104,19 @@ class _Connection:
 
     async def run_job(self, req) -> None:
         on_update: Callable[[str], None] | None = None
-        if req.stream:
+        if getattr(req, "stream", False):
             on_update = lambda text: self.send(update_message(req.id, text))  # noqa: E731
         try:
-            job = self.engine.submit(req, on_update=on_update)
-            self.jobs[req.id] = job
-            res = await job.result()
-            self.send(result_message(res))
+            if isinstance(req, EditRequest):
+                job = self.engine.submit_edit(req)
+                self.jobs[req.id] = job
+                self.send(edit_result_message(await job.result()))
+            else:
+                job = self.engine.submit(req, on_update=on_update)
+                self.jobs[req.id] = job
+                self.send(result_message(await job.result()))
+        except self.engine.RequestError as e:
+            self.send(error_message(ProtocolError("bad_field", str(e), req.id)))
         except self.engine.Cancelled:
             self.send(cancelled_message(req.id))
         except asyncio.CancelledError:

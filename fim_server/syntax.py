@@ -162,6 +162,45 @@ def check(language: str | None, prefix: str, middle: str, suffix: str) -> Verdic
     return Verdict(valid, len(doc.errors), len(after), _merge(spans))
 
 
+def count_errors(language: str | None, text: str) -> int | None:
+    """Syntax errors (outermost ERROR nodes + MISSING nodes) in a whole document; None without a grammar."""
+    key = normalize_language(language)
+    if key is None or not supported(key):
+        return None
+    return len(_document(key, text, "").errors)
+
+
+def revert_until_no_worse(language: str | None, text: str, spans: list[tuple[int, int]], new_texts: list[str]
+                          ) -> tuple[list[bool], int | None, int | None]:
+    """Several regions of `text` (sorted, disjoint str-index spans) replaced by `new_texts` at once: which
+    replacements to keep so the document has no more syntax errors than `text`. Greedy: while it has more,
+    revert the one replacement whose revert removes the most errors (ties: the later region).
+    -> (keep per region, errors before, errors after); without a grammar everything is kept (None, None)."""
+    keep = [True] * len(spans)
+    before = count_errors(language, text)
+    if before is None:
+        return keep, None, None
+
+    def compose(keep: list[bool]) -> str:
+        out, at = [], 0
+        for (a, b), new, k in zip(spans, new_texts, keep):
+            out += [text[at:a], new if k else text[a:b]]
+            at = b
+        return "".join(out) + text[at:]
+
+    after = count_errors(language, compose(keep))
+    while after > before:
+        options = []
+        for i in range(len(spans)):
+            if keep[i] and new_texts[i] != text[spans[i][0]: spans[i][1]]:
+                trial = keep[:i] + [False] + keep[i + 1:]
+                options.append((count_errors(language, compose(trial)), -i, trial))
+        if not options:
+            break  # pragma: no cover - with every region reverted the document is the original
+        after, _, keep = min(options, key=lambda o: (o[0], o[1]))
+    return keep, before, after
+
+
 def _merge(spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     out: list[tuple[int, int]] = []
     for a, b in sorted(spans):
