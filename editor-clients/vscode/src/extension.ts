@@ -1,8 +1,17 @@
 // Diffill for VS Code: starts `diffill lsp` (or a configured command) and lets VS Code's standard inline
 // completion (ghost text) ask it for suggestions. Status bar: on/off, backend, last latency.
+// Edit commands (fill holes, rewrite/regenerate selection, complete block) send workspace/executeCommand;
+// the server applies the edit itself (workspace/applyEdit, one undo step) and the result is shown.
 import * as vscode from "vscode";
-import { LanguageClient, LanguageClientOptions, ServerOptions } from "vscode-languageclient/node";
-import { readSettings, serverCommand, serverOptions, statusText } from "./logic";
+import {
+  ExecuteCommandRequest,
+  LanguageClient,
+  LanguageClientOptions,
+  LSPErrorCodes,
+  ResponseError,
+  ServerOptions,
+} from "vscode-languageclient/node";
+import { EDIT_COMMANDS, readSettings, resultNotice, serverCommand, serverOptions, statusText } from "./logic";
 
 let client: LanguageClient | undefined;
 let status: vscode.StatusBarItem;
@@ -40,9 +49,52 @@ async function startClient(context: vscode.ExtensionContext) {
       },
     },
   };
+  // The edit commands' `when` clauses test `editorLangId in diffill.languages`: the languages this client serves.
+  await vscode.commands.executeCommand("setContext", "diffill.languages", s.languages);
   client = new LanguageClient("diffill", "Diffill", server, clientOptions);
   await client.start();
   context.subscriptions.push({ dispose: () => void client?.stop() });
+}
+
+/** Run one of EDIT_COMMANDS on the active editor with a cancellable progress notification; show the result. */
+async function runEditCommand(id: string) {
+  const editor = vscode.window.activeTextEditor;
+  if (editor === undefined) {
+    void vscode.window.showWarningMessage("Diffill: no active editor");
+    return;
+  }
+  const lc = client;
+  if (lc === undefined || !lc.isRunning()) {
+    void vscode.window.showErrorMessage("Diffill: the language server is not running");
+    return;
+  }
+  const c2p = lc.code2ProtocolConverter;
+  const { progress, request } = EDIT_COMMANDS[id];
+  const params = request({
+    uri: c2p.asUri(editor.document.uri),
+    selection: c2p.asRange(editor.selection),
+    selections: editor.selections.map((sel) => c2p.asRange(sel)),
+    cursor: c2p.asPosition(editor.selection.active),
+  });
+  const location = vscode.ProgressLocation.Notification;
+  const options = { location, title: `Diffill: ${progress}…`, cancellable: true };
+  await vscode.window.withProgress(options, async (_progress, token) => {
+    try {
+      const notice = resultNotice(await lc.sendRequest(ExecuteCommandRequest.type, params, token));
+      if (notice.level === "info") {
+        void vscode.window.showInformationMessage(notice.text);
+      } else {
+        void vscode.window.showWarningMessage(notice.text);
+      }
+    } catch (err) {
+      // A cancelled request is the user's doing, not an error; an edit applied before the cancel is still shown.
+      const cancelled = err instanceof ResponseError && err.code === LSPErrorCodes.RequestCancelled;
+      if (cancelled || token.isCancellationRequested) {
+        return;
+      }
+      void vscode.window.showErrorMessage(`Diffill: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  });
 }
 
 export async function activate(context: vscode.ExtensionContext) {
@@ -57,6 +109,7 @@ export async function activate(context: vscode.ExtensionContext) {
     vscode.commands.registerCommand("diffill.trigger", () =>
       vscode.commands.executeCommand("editor.action.inlineSuggest.trigger"),
     ),
+    ...Object.keys(EDIT_COMMANDS).map((id) => vscode.commands.registerCommand(id, () => runEditCommand(id))),
     vscode.workspace.onDidChangeConfiguration(async (e) => {
       if (!e.affectsConfiguration("diffill")) {
         return;

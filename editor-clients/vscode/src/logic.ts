@@ -1,4 +1,5 @@
-// Pure logic of the extension (no vscode import), unit-tested with node:test.
+// Pure logic of the extension (no vscode import), unit-tested with node:test: settings, the server's
+// launch command, status text, and the workspace/executeCommand requests behind the multi-line edit commands.
 
 export interface Settings {
   enable: boolean;
@@ -68,4 +69,92 @@ export function readSettings(get: (key: string) => unknown): Settings {
     command: pick("command", isStrArray),
     pythonPath: pick("pythonPath", (v) => typeof v === "string"),
   };
+}
+
+// Multi-line edits. The server (lsp/, interface in its executeCommandProvider) applies each edit itself with
+// workspace/applyEdit and answers {applied, edits, message}. vscode-languageclient registers the server's
+// command ids as VS Code commands, so the extension's own commands use other ids (EDIT_COMMANDS below).
+
+/** An LSP position / range as plain data, as client.code2ProtocolConverter produces them. */
+export interface LspPosition {
+  line: number;
+  character: number;
+}
+export interface LspRange {
+  start: LspPosition;
+  end: LspPosition;
+}
+
+/** The commands `diffill lsp` advertises for workspace/executeCommand. */
+export const SERVER_COMMANDS = {
+  fillHoles: "diffill.lsp.fillHoles",
+  rewrite: "diffill.lsp.rewrite",
+  completeBlock: "diffill.lsp.completeBlock",
+} as const;
+
+/** workspace/executeCommand params: the server takes exactly one argument object. */
+export interface ExecuteCommandParams {
+  command: string;
+  arguments: [Record<string, unknown>];
+}
+
+export function isEmptyRange(r: LspRange): boolean {
+  return r.start.line === r.end.line && r.start.character === r.end.character;
+}
+
+/** Fill every <FILL_ME> in the document plus each non-empty selection (cursors alone are not holes). */
+export function fillHolesRequest(uri: string, selections: LspRange[]): ExecuteCommandParams {
+  const ranges = selections.filter((r) => !isEmptyRange(r));
+  const args = ranges.length > 0 ? { uri, ranges } : { uri };
+  return { command: SERVER_COMMANDS.fillHoles, arguments: [args] };
+}
+
+/** Regenerate the lines `range` touches: only the unlikely tokens, or every token when `all`. */
+export function rewriteRequest(uri: string, range: LspRange, all: boolean): ExecuteCommandParams {
+  return { command: SERVER_COMMANDS.rewrite, arguments: [{ uri, range, all }] };
+}
+
+/** Complete the body of the innermost block around `position`. */
+export function completeBlockRequest(uri: string, position: LspPosition): ExecuteCommandParams {
+  return { command: SERVER_COMMANDS.completeBlock, arguments: [{ uri, position }] };
+}
+
+/** The active editor as plain data: `selection` is the primary one, `cursor` its active end. */
+export interface EditorState {
+  uri: string;
+  selection: LspRange;
+  selections: LspRange[];
+  cursor: LspPosition;
+}
+
+/** The extension's edit commands (ids contributed in package.json): progress title and server request. */
+export const EDIT_COMMANDS: Record<string, { progress: string; request: (e: EditorState) => ExecuteCommandParams }> = {
+  "diffill.fillHoles": { progress: "Filling holes", request: (e) => fillHolesRequest(e.uri, e.selections) },
+  "diffill.rewriteSelection": {
+    progress: "Rewriting selection",
+    request: (e) => rewriteRequest(e.uri, e.selection, false),
+  },
+  "diffill.rewriteSelectionAll": {
+    progress: "Regenerating selection",
+    request: (e) => rewriteRequest(e.uri, e.selection, true),
+  },
+  "diffill.completeBlock": { progress: "Completing block", request: (e) => completeBlockRequest(e.uri, e.cursor) },
+};
+
+/** The notification for a command's result: information when the edit was applied, else a warning. */
+export function resultNotice(result: unknown): { level: "info" | "warning"; text: string } {
+  const r = typeof result === "object" && result !== null ? (result as Record<string, unknown>) : {};
+  const applied = r.applied === true;
+  let text: string;
+  if (typeof r.message === "string" && r.message.trim() !== "") {
+    text = r.message.trim();
+  } else if (applied) {
+    text = typeof r.edits === "number" ? `applied ${r.edits} edit${r.edits === 1 ? "" : "s"}` : "edit applied";
+  } else {
+    text = "nothing was changed";
+  }
+  if (!text.startsWith("Diffill")) {
+    text = `Diffill: ${text}`;
+  }
+  return { level: applied ? "info" : "warning", text };
 }
