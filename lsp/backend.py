@@ -1,7 +1,8 @@
 """Where completions come from: the in-process engine, or a `diffill serve` over its websocket protocol.
 
-Both take a `fim_server.protocol.InfillRequest` and return an `InfillResult`; cancelling the awaiting
-task cancels the request in the engine (in-process: `job.cancel()`; remote: a `cancel` message).
+Both take a `fim_server.protocol.InfillRequest` and return an `InfillResult` (and an `EditRequest` ->
+`EditResult` for multi-line edits); cancelling the awaiting task cancels the request in the engine
+(in-process: `job.cancel()`; remote: a `cancel` message).
 The remote backend reconnects on the next request after the server goes away.
 """
 
@@ -14,7 +15,7 @@ import json
 import logging
 from pathlib import Path
 
-from fim_server.protocol import InfillRequest, InfillResult
+from fim_server.protocol import EditRequest, EditResult, InfillRequest, InfillResult, RegionResult
 
 log = logging.getLogger("diffill.lsp")
 
@@ -46,12 +47,25 @@ class EmbeddedBackend:
         log.info("engine loaded: %s on %s", path, self.device)
 
     async def infill(self, req: InfillRequest) -> InfillResult:
+        await self._loaded()
+        return await self._run(self._engine.submit(req))
+
+    async def edit(self, req: EditRequest) -> EditResult:
+        await self._loaded()
+        try:
+            job = self._engine.submit_edit(req)
+        except self._engine.RequestError as e:
+            raise BackendError(str(e)) from e
+        return await self._run(job)
+
+    async def _loaded(self) -> None:
         self.start()
         try:
             await asyncio.shield(self._ready)
         except Exception as e:
             raise BackendError(f"engine failed to load: {e}") from e
-        job = self._engine.submit(req)
+
+    async def _run(self, job):
         try:
             return await job.result()
         except asyncio.CancelledError:
@@ -95,7 +109,8 @@ class RemoteBackend:
             async for raw in ws:
                 msg = json.loads(raw)
                 fut = self._waiting.get(msg.get("id"))
-                if fut is not None and not fut.done() and msg.get("type") in ("result", "cancelled", "error"):
+                if fut is not None and not fut.done() and \
+                        msg.get("type") in ("result", "edit_result", "cancelled", "error"):
                     fut.set_result(msg)
         except Exception as e:  # connection lost: fail everything waiting, reconnect next time
             log.warning("connection to %s lost: %s", self.url, e)
@@ -106,12 +121,34 @@ class RemoteBackend:
                     fut.set_exception(BackendError(f"connection to {self.url} lost"))
 
     async def infill(self, req: InfillRequest) -> InfillResult:
+        body = {"type": "infill", "prefix": req.prefix, "suffix": req.suffix, "language": req.language,
+                "max_tokens": req.max_tokens, "stream": False}
+        msg = await self._ask(req, body)
+        return InfillResult(id=req.id, text=msg["text"], valid=msg["valid"], tokens=msg["tokens"],
+                            forward_passes=msg["forward_passes"], ms=msg["ms"], repair=msg.get("repair"),
+                            context_truncated=msg.get("context_truncated", False))
+
+    async def edit(self, req: EditRequest) -> EditResult:
+        body = {"type": "edit", "text": req.text, "language": req.language,
+                "regions": [{"start": r.start, "end": r.end, "mode": r.mode, "max_tokens": r.max_tokens}
+                            for r in req.regions]}
+        if req.revise_threshold is not None:
+            body["revise_threshold"] = req.revise_threshold
+        msg = await self._ask(req, body)
+        regions = tuple(RegionResult(start=g["start"], end=g["end"], text=g["text"], changed=g["changed"],
+                                     valid=g["valid"], tokens=g["tokens"], repair=g.get("repair"),
+                                     remasked=g.get("remasked")) for g in msg["regions"])
+        return EditResult(id=req.id, regions=regions, errors_before=msg["errors_before"],
+                          errors_after=msg["errors_after"], forward_passes=msg["forward_passes"], ms=msg["ms"],
+                          context_truncated=msg.get("context_truncated", False))
+
+    async def _ask(self, req: InfillRequest | EditRequest, body: dict) -> dict:
+        """Send one request, wait for its final message (a cancel goes out if the waiting task is cancelled)."""
         ws = await self._connect()
         rid = f"{req.id}-{next(self._ids)}"
         fut = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
-        body = {"type": "infill", "id": rid, "prefix": req.prefix, "suffix": req.suffix, "language": req.language,
-                "max_tokens": req.max_tokens, "stream": False}
+        body = {**body, "id": rid}
         for k in ("steps", "threshold"):
             if getattr(req, k) is not None:
                 body[k] = getattr(req, k)
@@ -130,9 +167,7 @@ class RemoteBackend:
             raise asyncio.CancelledError()
         if msg["type"] == "error":
             raise BackendError(f"{msg['code']}: {msg['message']}")
-        return InfillResult(id=req.id, text=msg["text"], valid=msg["valid"], tokens=msg["tokens"],
-                            forward_passes=msg["forward_passes"], ms=msg["ms"], repair=msg.get("repair"),
-                            context_truncated=msg.get("context_truncated", False))
+        return msg
 
     async def close(self) -> None:
         if self._ws is not None:

@@ -23,6 +23,7 @@ class Settings:
     single_line_max_tokens: int = 24  # mid-line: the rest of the line
     steps: int | None = None
     threshold: float | None = None
+    revise_threshold: float | None = None  # rewrite: re-mask tokens the model gives less than this (engine: 0.5)
     languages: tuple[str, ...] = ("python", "javascript", "javascriptreact", "typescript", "typescriptreact")
     prefix_chars: int = 4000  # text sent before the cursor (the engine cuts to its token window)
     suffix_chars: int = 1500
@@ -43,7 +44,7 @@ class Settings:
             default = getattr(self, key)
             if key == "languages" and isinstance(v, list) and all(isinstance(x, str) for x in v):
                 kw[key] = tuple(v)
-            elif v is None and key in ("server_url", "model", "steps", "threshold"):
+            elif v is None and key in ("server_url", "model", "steps", "threshold", "revise_threshold"):
                 kw[key] = None
             elif isinstance(default, bool) and isinstance(v, bool):
                 kw[key] = v
@@ -52,7 +53,8 @@ class Settings:
                 kw[key] = v
             elif key in ("steps",) and isinstance(v, int) and not isinstance(v, bool) and v > 0:
                 kw[key] = v
-            elif key == "threshold" and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1:
+            elif key in ("threshold", "revise_threshold") and isinstance(v, (int, float)) \
+                    and not isinstance(v, bool) and 0 < v <= 1:
                 kw[key] = float(v)
             elif key in ("server_url", "model", "device") and isinstance(v, str):
                 kw[key] = v or None if key != "device" else v

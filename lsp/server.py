@@ -1,5 +1,5 @@
 """The Diffill language server (pygls 2): textDocument/inlineCompletion, with textDocument/completion as a
-fallback for clients without inline completion.
+fallback for clients without inline completion; multi-line edit commands live in lsp/edit_commands.py.
 
 Contract: one engine (in-process by default, or a `diffill serve` given by `--server` / `serverUrl`),
 started at `initialized` so the first completion does not pay for loading it. A newer request for a
@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from itertools import count
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
 from fim_server.protocol import InfillRequest
 from lsp.backend import BackendError, EmbeddedBackend, RemoteBackend
 from lsp.config import Settings
+from lsp.documents import get_document, language_of, offset_of
+from lsp.edit_commands import register_edit_features
 from lsp.shaping import shape, wants_multiline
 
 log = logging.getLogger("diffill.lsp")
@@ -89,23 +90,12 @@ def build(settings: Settings = Settings()) -> DiffillServer:
                 asyncio.ensure_future(old.close())
 
     async def complete_at(ls: DiffillServer, uri: str, position: types.Position) -> tuple[str, types.Range] | None:
-        doc = ls.workspace.text_documents.get(uri)
-        if doc is None:
-            raise JsonRpcInvalidParams(f"unknown document {uri}: send textDocument/didOpen first")
-        lines = doc.lines
-        if position.line < 0 or position.character < 0 or position.line > len(lines) or (
-                position.line == len(lines) and position.character > 0):
-            raise JsonRpcInvalidParams(f"position {position.line}:{position.character} is outside {uri}")
-        if position.line < len(lines):
-            line = lines[position.line].rstrip("\r\n")
-            if position.character > doc.position_codec.client_num_units(line):
-                raise JsonRpcInvalidParams(
-                    f"character {position.character} is past the end of line {position.line} in {uri}")
+        doc = get_document(ls.workspace, uri)
+        offset = offset_of(doc, uri, position)
         s = ls.settings
-        language = doc.language_id or _language_from_uri(uri)
+        language = language_of(doc, uri)
         if not s.enabled or (language and language not in s.languages):
             return None
-        offset = doc.offset_at_position(position)
         source = doc.source
         start = window_start(source, offset, s.prefix_chars)
         prefix, suffix = source[start:offset], source[offset: offset + s.suffix_chars]
@@ -161,6 +151,8 @@ def build(settings: Settings = Settings()) -> DiffillServer:
                                     insert_text_format=types.InsertTextFormat.PlainText)
         return types.CompletionList(is_incomplete=True, items=[item])
 
+    register_edit_features(server)
+
     @server.feature(types.SHUTDOWN)
     async def shutdown(ls: DiffillServer, params) -> None:
         if ls.backend is not None:
@@ -181,17 +173,6 @@ def window_start(source: str, offset: int, chars: int) -> int:
         nl = source.find("\n", start, offset)
         start = nl + 1 if nl >= 0 else start
     return start
-
-
-_EXT = {".py": "python", ".js": "javascript", ".jsx": "javascriptreact", ".ts": "typescript",
-        ".tsx": "typescriptreact"}
-
-
-def _language_from_uri(uri: str) -> str | None:
-    for ext, lang in _EXT.items():
-        if uri.endswith(ext):
-            return lang
-    return None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
