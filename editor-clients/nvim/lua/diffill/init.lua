@@ -2,6 +2,11 @@
 -- as ghost text. On Neovim 0.12+ it uses vim.lsp.inline_completion; on 0.10/0.11 it draws its own
 -- (extmarks: virt_text for the first line, virt_lines for the rest), requesting on TextChangedI /
 -- CursorMovedI after a debounce and cancelling the request a newer one supersedes.
+-- Multi-line edits (the server applies each as one workspace/applyEdit, so one `u` undoes it):
+--   :DiffillFillHoles        fill every <FILL_ME> in the buffer (with a range: regenerate those lines too)
+--   :[range]DiffillRewrite   rewrite the lines the model finds unlikely; with ! regenerate them all
+--   :DiffillCompleteBlock    complete the body of the block around the cursor
+-- Lua: require("diffill").fill_holes([l1, l2]), .rewrite(l1, l2, all), .complete_block().
 local M = {}
 
 local defaults = {
@@ -116,6 +121,54 @@ function M.toggle()
   vim.notify("diffill " .. (M.enabled and "on" or "off"))
 end
 
+-- Lines l1..l2 (1-based, inclusive) as an LSP range in the client's position encoding.
+local function line_range(buf, client, l1, l2)
+  local last = vim.api.nvim_buf_get_lines(buf, l2 - 1, l2, true)[1]
+  local width = vim.lsp.util.character_offset(buf, l2 - 1, #last, client.offset_encoding)
+  return { start = { line = l1 - 1, character = 0 }, ["end"] = { line = l2 - 1, character = width } }
+end
+
+-- Run a diffill.lsp.* command on the current buffer; args(buf, client) builds its argument object.
+local function exec(command, title, args)
+  local buf = vim.api.nvim_get_current_buf()
+  local client = client_for(buf)
+  if not client then return vim.notify("diffill: no language server attached", vim.log.levels.WARN) end
+  local arg = vim.tbl_extend("force", { uri = vim.uri_from_bufnr(buf) }, args(buf, client))
+  local function handler(err, result)
+    if err then
+      vim.notify("diffill: " .. (err.message or vim.inspect(err)), vim.log.levels.WARN)
+    elseif result then
+      vim.notify(result.message or "")
+    end
+  end
+  if client.exec_cmd then -- 0.11+
+    client:exec_cmd({ title = title, command = command, arguments = { arg } }, { bufnr = buf }, handler)
+  else -- 0.10: dot form
+    client.request("workspace/executeCommand", { command = command, arguments = { arg } }, handler, buf)
+  end
+end
+
+--- Fill every <FILL_ME> in the buffer; lines l1..l2, if given, are regenerated as well.
+function M.fill_holes(l1, l2)
+  exec("diffill.lsp.fillHoles", "Diffill: fill holes", function(buf, client)
+    return l1 and { ranges = { line_range(buf, client, l1, l2 or l1) } } or {}
+  end)
+end
+
+--- Rewrite lines l1..l2: only the unlikely tokens, or everything when all is true.
+function M.rewrite(l1, l2, all)
+  exec("diffill.lsp.rewrite", "Diffill: rewrite", function(buf, client)
+    return { range = line_range(buf, client, l1, l2), all = all and true or false }
+  end)
+end
+
+--- Complete the body of the block around the cursor.
+function M.complete_block()
+  exec("diffill.lsp.completeBlock", "Diffill: complete block", function(_, client)
+    return { position = vim.lsp.util.make_position_params(0, client.offset_encoding).position }
+  end)
+end
+
 local function has_native()
   return vim.lsp.inline_completion ~= nil
 end
@@ -159,6 +212,12 @@ function M.setup(opts)
   end
   vim.api.nvim_create_user_command("DiffillToggle", M.toggle, {})
   vim.api.nvim_create_user_command("DiffillTrigger", M.request, {})
+  vim.api.nvim_create_user_command("DiffillFillHoles", function(o)
+    if o.range > 0 then M.fill_holes(o.line1, o.line2) else M.fill_holes() end
+  end, { range = true, desc = "diffill: fill every <FILL_ME> (and the range)" })
+  vim.api.nvim_create_user_command("DiffillRewrite", function(o) M.rewrite(o.line1, o.line2, o.bang) end,
+    { range = true, bang = true, desc = "diffill: rewrite the lines (! = all of them)" })
+  vim.api.nvim_create_user_command("DiffillCompleteBlock", M.complete_block, { desc = "diffill: complete the block" })
   -- buffers already open when setup runs
   for _, buf in ipairs(vim.api.nvim_list_bufs()) do
     if vim.api.nvim_buf_is_loaded(buf) and vim.tbl_contains(M.config.filetypes, vim.bo[buf].filetype) then
