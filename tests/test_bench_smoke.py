@@ -38,3 +38,10 @@ def test_humaneval_infill_smoke(tmp_path):
 def test_load_smoke(tmp_path):
     res = run_bench("load.py", tmp_path / "w.json", "--requests", "4", "--clients", "1,2")
     assert {k: v["answered"] for k, v in res["clients"].items()} == {"1": 4, "2": 4}  # nothing lost
+
+
+def test_edit_holes_smoke(tmp_path):
+    res = run_bench("edit_holes.py", tmp_path / "k.json", "--n", "2", "--ks", "1,2")
+    two = res["k"]["2"]
+    assert two["same_text_as_separate"] == "2/2"  # joint denoising gives each hole what it gets alone
+    assert two["joint"]["passes_mean"] < two["separate"]["passes_mean"]  # and shares the passes
