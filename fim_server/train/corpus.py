@@ -1,8 +1,9 @@
 """Build the Python training corpus from sources available offline: the standard library and pip sdists.
 
 Contract: `build(out_dir)` writes `train.jsonl.gz` and `heldout.jsonl.gz` (one JSON object per file:
-{"package", "license", "path", "text"}) and `manifest.json` (per package: version, license, files kept,
-bytes, split). It is reproducible: the package list below is pinned, files are visited in sorted order,
+{"package", "license", "path", "text"}), `manifest.json` (per package: version, license, files kept,
+bytes, split) and `decontamination.json` (the files dropped as HumanEval carriers, with the problem). It
+is reproducible: the package list below is pinned, files are visited in sorted order,
 and the held-out split is chosen by package name, never by file, so no package leaks across the split.
 
 Filters, each for a reason:
@@ -245,8 +246,9 @@ def build(out_dir: Path, cache: Path) -> dict:
         m["bytes"] += len(d.text.encode())
     for w in writers.values():
         w.close()
-    manifest["_decontaminated"] = {"humaneval": [f"{d.package}/{d.path}: {t}" for d, t in dropped]}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    (out_dir / "decontamination.json").write_text(json.dumps(
+        {"humaneval_dropped": [f"{d.package}/{d.path}: {t}" for d, t in dropped]}, indent=1) + "\n")
     return manifest
 
 
