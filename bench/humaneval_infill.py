@@ -73,13 +73,14 @@ def program(t: dict, completion: str) -> str:
     return t["prefix"] + completion + t["suffix"] + "\n\n" + t["test"] + f"\ncheck({t['entry_point']})\n"
 
 
-async def evaluate(engine, ts: list[dict], max_tokens: int) -> dict:
+async def evaluate(engine, ts: list[dict], max_tokens: int, steps: int | None = None,
+                   threshold: float | None = None) -> dict:
     from fim_server.protocol import InfillRequest
 
     passed, exact, ms, passes, toks, details = 0, 0, [], 0, 0, []
     for i, t in enumerate(ts):
         r = await engine.infill(InfillRequest(id=str(i), prefix=t["prefix"], suffix=t["suffix"], language="python",
-                                              max_tokens=max_tokens))
+                                              max_tokens=max_tokens, steps=steps, threshold=threshold))
         text = r.text.split("\n", 1)[0] if t["kind"] == "single" else r.text
         outcome = await asyncio.to_thread(run_sandboxed, program(t, text))
         passed += outcome.passed

@@ -1,9 +1,15 @@
-"""Latency through the real LSP protocol: spawns `python -m lsp` (stdio, in-process default model).
+"""Latency through the real protocols: spawns `python -m lsp` (stdio, in-process default model), and a
+websocket `diffill serve` (in this process, loopback) for the same cases.
 
-- single-line: inlineCompletion at cursors inside functions of standard-library files, request to response;
+- single-line, cold: inlineCompletion at cursors inside functions of standard-library files (a context the
+  engine has not seen), request to response; warm: the same request again (context cached);
+- multi-line, cold: the cursor on a new indented blank line after a line that opens a block (`...:`), where
+  the server asks for a multi-line body;
 - typing replay: a file is opened cut at a point inside a function, then the next characters are typed one
   at a time, with a didChange and an inlineCompletion per keystroke (an editor without debounce); reports
-  what the user waits for after each keystroke and how often the answer continued the previous suggestion.
+  what the user waits for after each keystroke and how often the answer continued the previous suggestion;
+- websocket: the same single-line (cold, warm) and multi-line contexts as `infill` requests, one at a time.
+p50 / p95 / p99 everywhere (nearest rank).
 
 Run: `python bench/lsp_latency.py [--n 40] [--keystrokes 200] [--out bench/results/lsp.json]`
 """
@@ -27,18 +33,35 @@ sys.path.insert(0, str(ROOT))
 from bench.common import pct, write_results  # noqa: E402
 
 
-def positions(n: int, seed: int = 0) -> list[tuple[str, int, int]]:
+def _sample_lines(n: int, seed: int, wanted, then=lambda rng, line: ()) -> list[tuple]:
+    """n (file, line index, *then(rng, line)) picked at random among the lines `wanted(line)` of stdlib files."""
     rng = random.Random(seed)
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
     out = []
     while len(out) < n:
         f = rng.choice(files)
         lines = f.read_text("utf-8", errors="replace").split("\n")
-        cands = [i for i, ln in enumerate(lines) if ln.startswith("        ") and len(ln.strip()) > 12]
+        cands = [i for i, ln in enumerate(lines[:-1]) if wanted(ln)]
         if cands:
             i = rng.choice(cands)
-            out.append((str(f), i, rng.randint(len(lines[i]) - len(lines[i].lstrip()) + 4, len(lines[i]) - 2)))
+            out.append((str(f), i, *then(rng, lines[i])))
     return out
+
+
+def positions(n: int, seed: int = 0) -> list[tuple[str, int, int]]:
+    """(file, line, character): a cursor inside a line of a function body."""
+    return _sample_lines(n, seed, lambda ln: ln.startswith("        ") and len(ln.strip()) > 12,
+                         lambda rng, ln: (rng.randint(len(ln) - len(ln.lstrip()) + 4, len(ln) - 2),))
+
+
+def block_positions(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """(file, line) of lines inside functions that open a block (end with ':'), with a body after them."""
+    return _sample_lines(n, seed, lambda ln: ln.startswith("        ") and ln.rstrip().endswith(":")
+                         and not ln.strip().startswith(("#", "else", "try", "finally")))
+
+
+def stats(xs: list[float]) -> dict:
+    return {"p50": pct(xs, 50), "p95": pct(xs, 95), "p99": pct(xs, 99), "n": len(xs)}
 
 
 async def request(client, uri: str, line: int, ch: int):
@@ -60,16 +83,24 @@ async def run(args) -> dict:
     t0 = time.perf_counter()
     await request(client, uri0, 1, 11)
     first_ms = (time.perf_counter() - t0) * 1000
-    single = []
-    for k, (path, line, ch) in enumerate(positions(args.n)):
-        text = Path(path).read_text("utf-8", errors="replace")
-        lines = text.split("\n")
-        lines[line] = lines[line][:ch]  # the rest of the line is what the user has not typed yet
+    single, warm, multi, multi_lines = [], [], [], []
+    for k, (text, line, ch) in enumerate(single_cases(args.n)):
         uri = f"file:///bench/s{k}.py"
         client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
-            uri=uri, language_id="python", version=1, text="\n".join(lines))))
+            uri=uri, language_id="python", version=1, text=text)))
         ms, _ = await request(client, uri, line, ch)
         single.append(ms)
+        ms, _ = await request(client, uri, line, ch)
+        warm.append(ms)
+        client.text_document_did_close(types.DidCloseTextDocumentParams(
+            text_document=types.TextDocumentIdentifier(uri=uri)))
+    for k, (text, line, ch) in enumerate(multi_cases(args.n)):
+        uri = f"file:///bench/m{k}.py"
+        client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+            uri=uri, language_id="python", version=1, text=text)))
+        ms, res = await request(client, uri, line, ch)
+        multi.append(ms)
+        multi_lines.append(res.items[0].insert_text.count("\n") + 1 if res.items else 0)
         client.text_document_did_close(types.DidCloseTextDocumentParams(
             text_document=types.TextDocumentIdentifier(uri=uri)))
     # typing replay
@@ -104,10 +135,81 @@ async def run(args) -> dict:
     await client.stop()
     return {
         "first_completion_after_start_ms": round(first_ms, 1),
-        "single_line_ms": {"p50": pct(single, 50), "p95": pct(single, 95), "n": len(single)},
-        "typing_ms": {"p50": pct(typing, 50), "p95": pct(typing, 95), "keystrokes": len(typing)},
+        "single_line_ms": stats(single),
+        "single_line_warm_ms": stats(warm),
+        "multi_line_ms": stats(multi),
+        "multi_line_lines_shown_mean": round(sum(multi_lines) / max(1, len(multi_lines)), 2),
+        "typing_ms": {**stats(typing), "keystrokes": len(typing)},
         "typing_continued_previous_suggestion": continued,
+        "websocket": await websocket(args),
     }
+
+
+def single_cases(n: int) -> list[tuple[str, int, int]]:
+    """(document, line, character): the rest of the line is what the user has not typed yet."""
+    out = []
+    for path, line, ch in positions(n):
+        lines = Path(path).read_text("utf-8", errors="replace").split("\n")
+        lines[line] = lines[line][:ch]
+        out.append(("\n".join(lines), line, ch))
+    return out
+
+
+def multi_cases(n: int) -> list[tuple[str, int, int]]:
+    """(document, line, character): a new blank line, indented one level, after a block-opening line."""
+    out = []
+    for path, line in block_positions(n):
+        lines = Path(path).read_text("utf-8", errors="replace").split("\n")
+        indent = len(lines[line]) - len(lines[line].lstrip()) + 4
+        lines.insert(line + 1, " " * indent)
+        out.append(("\n".join(lines), line + 1, indent))
+    return out
+
+
+def _split(text: str, line: int, ch: int) -> tuple[str, str]:
+    lines = text.split("\n")
+    cut = sum(len(x) + 1 for x in lines[:line]) + ch
+    return text[:cut], text[cut:]
+
+
+async def websocket(args) -> dict:
+    """The same contexts as `infill` requests to a `diffill serve` on loopback, one at a time; the windows
+    match the language server's (4,000 characters before the cursor, 1,500 after)."""
+    import json
+
+    from websockets.asyncio.client import connect
+
+    from fim_server.engine import Engine
+    from fim_server.server import ServerConfig, start_server
+
+    engine = Engine.load(ROOT / "fim_server" / "models" / "default")
+    srv = await start_server(engine, ServerConfig(port=0))
+    out: dict = {}
+    try:
+        async with connect(f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}") as ws:
+            async def ask(i: str, prefix: str, suffix: str, max_tokens: int) -> float:
+                t = time.perf_counter()
+                await ws.send(json.dumps({"type": "infill", "id": i, "prefix": prefix[-4000:], "suffix": suffix[:1500],
+                                          "language": "python", "max_tokens": max_tokens}))
+                msg = json.loads(await ws.recv())
+                assert msg["type"] == "result", msg
+                return (time.perf_counter() - t) * 1000
+
+            await ask("warmup", "def f(x):\n    return ", "\n", 8)
+            cold, warm, multi = [], [], []
+            for k, (text, line, ch) in enumerate(single_cases(args.n)):
+                prefix, suffix = _split(text, line, ch)
+                cold.append(await ask(f"c{k}", prefix, suffix, 24))
+                warm.append(await ask(f"w{k}", prefix, suffix, 24))
+            for k, (text, line, ch) in enumerate(multi_cases(args.n)):
+                prefix, suffix = _split(text, line, ch)
+                multi.append(await ask(f"m{k}", prefix, suffix, 64))
+            out = {"single_line_ms": stats(cold), "single_line_warm_ms": stats(warm), "multi_line_ms": stats(multi)}
+    finally:
+        srv.close()
+        await srv.wait_closed()
+        engine.close()
+    return out
 
 
 def main() -> None:

@@ -215,18 +215,19 @@ class Engine:
         group, slots, t0 = _Group(), [], time.perf_counter()
         for i, r in enumerate(req.regions):
             original = req.text[r.start: r.end]
-            revise = r.mode == "revise"
-            if revise:
-                threshold = req.revise_threshold or self.config.revise_threshold
+            revise_threshold, max_tokens = None, r.max_tokens
+            if r.mode == "revise":
                 n = len(self.tok.encode(original))
                 if n > MAX_REVISE_TOKENS:
                     raise RequestError(f"region {r.start}..{r.end} has {n} tokens; 'revise' takes at most "
-                                     f"{MAX_REVISE_TOKENS}")
+                                       f"{MAX_REVISE_TOKENS}")
+                revise_threshold = req.revise_threshold or self.config.revise_threshold
+                max_tokens = n + 1  # its own tokens and the <eom> after them
             sub = InfillRequest(id=f"{req.id}#{i}", prefix=req.text[: r.start], suffix=req.text[r.end:],
-                                language=req.language, max_tokens=n + 1 if revise else r.max_tokens,
-                                steps=req.steps, threshold=req.threshold, temperature=req.temperature)
+                                language=req.language, max_tokens=max_tokens, steps=req.steps,
+                                threshold=req.threshold, temperature=req.temperature)
             slots.append(_Slot(req=sub, loop=loop, future=loop.create_future(), on_update=None, t0=t0,
-                               group=group, original=original, revise_threshold=threshold if revise else None))
+                               group=group, original=original, revise_threshold=revise_threshold))
         self._ensure_worker()
         self._queue.put(slots)
         return EditJob(req, slots, group)

@@ -26,6 +26,22 @@ def test_engine_latency_smoke(tmp_path):
 def test_lsp_latency_smoke(tmp_path):
     res = run_bench("lsp_latency.py", tmp_path / "l.json", "--n", "2", "--keystrokes", "5")
     assert res["single_line_ms"]["n"] == 2 and res["typing_ms"]["keystrokes"] == 5
+    assert res["multi_line_ms"]["n"] == 2 and res["single_line_warm_ms"]["p99"] > 0
+    assert res["websocket"]["multi_line_ms"]["n"] == 2
+
+
+def test_frontier_smoke_through_the_bench_entry_point(tmp_path):
+    out, png = tmp_path / "f.json", tmp_path / "f.png"
+    r = subprocess.run([sys.executable, "-m", "bench", "frontier", "--tasks", "2", "--settings",
+                        "tau 0.8 (default),1 pass", "--out", str(out), "--plot", str(png)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert {(p["setting"], p["kind"]) for p in res["points"]} == {
+        (s, k) for s in ("tau 0.8 (default)", "1 pass") for k in ("single", "random")}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the plot was drawn
+    usage = subprocess.run([sys.executable, "-m", "bench"], capture_output=True, text=True, cwd=ROOT)
+    assert usage.returncode == 2 and "frontier" in usage.stderr
 
 
 def test_humaneval_infill_smoke(tmp_path):
