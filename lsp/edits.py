@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fim_server import syntax
-from fim_server.protocol import EditRegion
+from fim_server.protocol import MAX_REGIONS, EditRegion
 
 HOLE_MARKER = "<FILL_ME>"  # the placeholder for a hole (Code Llama's infilling placeholder, familiar to users)
 _BLOCKS = ("block", "statement_block", "class_body")
@@ -102,6 +102,8 @@ def plan_fill_holes(source: str, ranges: list[tuple[int, int]], max_tokens: int)
     if not spans:
         raise EditPlanError(f"no holes: put {HOLE_MARKER} where code is missing, or select the code to fill")
     spans.sort()
+    if len(spans) > MAX_REGIONS:
+        raise EditPlanError(f"{len(spans)} holes: at most {MAX_REGIONS} are filled at once")
     rows = [(a, b, keep, "fill", _fill_budget(source[a:b] if keep else "", max_tokens))
             for a, b, keep in spans]
     text, regions = _build(source, rows)

@@ -36,9 +36,11 @@ def test_selections_are_regions_and_absorb_the_markers_inside_them():
     assert own == "f(<FILL_ME>)" and before == "a = \nb = "  # the range keeps its text as the engine's original
 
 
-def test_no_holes_is_a_plain_error():
+def test_no_holes_and_too_many_holes_are_plain_errors():
     with pytest.raises(EditPlanError, match="FILL_ME"):
         plan_fill_holes("x = 1\n", [], 64)
+    with pytest.raises(EditPlanError, match="at most 64"):
+        plan_fill_holes("x = <FILL_ME>\n" * 65, [], 64)
 
 
 def test_rewrite_takes_whole_lines_from_the_newline_before_them():
