@@ -15,11 +15,11 @@ trained with next-token loss under a plain causal mask; exported with `model_typ
 
 Middles are the kinds users meet: the rest of a line (cursor mid-line or at its end, often empty once the
 line is done), several lines from a cursor, whole lines (a statement or an indented block, or any k lines)
-as the editor's multi-line edits ask for them, and random character spans. Whole-line middles start at
-the end of the line before them ("\n" + the lines), the way lsp/edits.py places rewrite and complete-block
-regions: the byte-level BPE merges a newline with the indentation after it, so a middle starting at
-column 0 would begin with a token sequence inference never asks for. The shipped default model was
-trained before this kind existed and answers "nothing goes here" to nearly every whole-line middle.
+as the editor's multi-line edits ask for them, and random character spans. Whole-line middles come in
+two layouts, half each: from the end of the line before them ("\n" + the lines), the way lsp/edits.py
+places rewrite and complete-block regions, and from column 0 (the prefix ends with the newline), the way
+HumanEval-infilling masks lines. The byte-level BPE merges a newline with the indentation after it, so the
+two layouts start with different token sequences and each must be seen in training.
 
 Writes checkpoints (resumable) and `log.jsonl` (train loss, held-out loss) into --out; `--export DIR`
 writes the Hugging Face style model directory that `diffill --model` loads.
@@ -88,10 +88,10 @@ def split_window(text: str, rng: random.Random, window_chars: int) -> tuple[str,
         end_line = min(len(lines) - 1, li + k)
         a = line_start + cut
         b = sum(len(x) + 1 for x in lines[:end_line]) + len(lines[end_line])
-    elif kind < 0.85 and li > 0:  # whole lines li..end, from the end of the line before them
+    elif kind < 0.85 and li > 0:  # whole lines li..end, from the end of the line before or from column 0
         end_line = block_end(lines, li) if rng.random() < 0.5 else \
             min(len(lines) - 1, li + rng.choice((0, 1, 2, 3, 5, 7, 11)))
-        a = line_start - 1
+        a = line_start - 1 if rng.random() < 0.5 else line_start
         b = sum(len(x) + 1 for x in lines[:end_line]) + len(lines[end_line])
     else:  # random character span
         a = rng.randrange(0, len(text) + 1)
@@ -253,6 +253,12 @@ def train(args) -> None:
 
     model = FIMDiffusionModel(cfg)
     model.init_weights(args.seed)
+    if args.init:  # continue from a model directory's weights (fine-tuning); its shape must match the preset
+        init = FIMDiffusionModel.load(args.init)
+        if replace(init.cfg, max_seq_len=cfg.max_seq_len, model_type=cfg.model_type) != cfg:
+            raise SystemExit(f"--init {args.init}: {init.cfg} does not match the preset {args.preset}: {cfg}")
+        model.load_state_dict(init.state_dict())
+        print(f"initialised from {args.init}", flush=True)
     model.to(dev)
     print(f"model {args.preset}: {model.num_params() / 1e6:.2f}M params", flush=True)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -340,6 +346,7 @@ def main() -> None:
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--out", default="runs/default")
     ap.add_argument("--export", default=None, help="write the model directory here when done")
+    ap.add_argument("--init", default=None, help="start from this model directory's weights (fine-tune)")
     ap.add_argument("--preset", default="small", choices=sorted(PRESETS))
     ap.add_argument("--objective", default="diffusion", choices=("diffusion", "ar"),
                     help="ar: the autoregressive baseline (same data and budget, left-to-right middle)")
