@@ -140,7 +140,8 @@ def enclosing_block(language: str | None, source: str, offset: int):
     data = source.encode("utf-8", "surrogatepass")
     start = _line_start(source, offset)
     line = source[start: _line_end(source, offset)]
-    root = syntax._parser(key).parse(data).root_node
+    # the cached parse of the whole document: editors ask for code actions on every cursor move
+    root = syntax._document(key, source, "").tree.root_node
     if line.strip():  # from the line's first token: a header line finds its own body
         at = len(source[: start + len(_indent_of(line))].encode("utf-8", "surrogatepass"))
         node = root.descendant_for_byte_range(at, at)
