@@ -1,7 +1,8 @@
 """`python -m bench SUBCOMMAND [options]`: one entry point for the benchmark programs (each also runs alone).
 
 Subcommands: humaneval-infill, latency (language server and websocket: cold, warm, single- and
-multi-line), typing (the same run, which includes the typing replay), engine, load, frontier, edits.
+multi-line), typing (the same run, which includes the typing replay), engine, load, frontier, edits,
+new-lines.
 `python -m bench SUBCOMMAND --help` lists each one's options. Results land in bench/results/ (see bench/RESULTS.md).
 """
 
@@ -18,6 +19,7 @@ COMMANDS = {
     "load": "bench.load",
     "frontier": "bench.frontier",
     "edits": "bench.edit_holes",
+    "new-lines": "bench.new_lines",
 }
 
 

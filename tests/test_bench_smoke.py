@@ -56,6 +56,11 @@ def test_load_smoke(tmp_path):
     assert {k: v["answered"] for k, v in res["clients"].items()} == {"1": 4, "2": 4}  # nothing lost
 
 
+def test_new_lines_smoke(tmp_path):
+    res = run_bench("new_lines.py", tmp_path / "n.json", "--n", "3")
+    assert res["cases"] == 3 and 0 <= res["first_line_exact"] <= res["new_line_written"] <= 3
+
+
 def test_edit_holes_smoke(tmp_path):
     res = run_bench("edit_holes.py", tmp_path / "k.json", "--n", "2", "--ks", "1,2")
     two = res["k"]["2"]

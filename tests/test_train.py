@@ -84,6 +84,12 @@ def test_both_objectives_train_resume_export_and_complete(tmp_path, monkeypatch,
         assert held and all(v == v and v > 0 for v in held[-1].values())  # finite held-out losses
         out = train(tmp_path, objective, 3, monkeypatch, capsys)
         assert "resumed at step 2" in out and "done: 3 steps" in out
+        if objective == "diffusion":  # the held-out comparison tool reads the exported model
+            from fim_server.train.evaluate import evaluate
+
+            (losses,) = evaluate([tmp_path / "diffusion-model"], tmp_path / "corpus", batches=1, batch_size=2,
+                                 seq_len=192).values()
+            assert set(losses) == {"diff", "ar", "masked_ce"} and all(0 < v < 20 for v in losses.values())
         model = loader(tmp_path / f"{objective}-model")
         try:
             res = asyncio.run(model.infill(req))
