@@ -23,6 +23,7 @@ from typing import Any
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
+from pygls.workspace import TextDocument
 
 from fim_server.protocol import EditRequest
 from lsp.backend import BackendError
@@ -112,13 +113,15 @@ async def compute(ls, command: str, args: Any) -> Computed:
     """The command's edits, not applied. Raises EditPlanError (nothing to do) or BackendError."""
     doc, uri, language, plan = make_plan(ls, command, args)
     version, source, s = doc.version, doc.source, ls.settings
+    # positions are computed on the text the edit was planned on: the user may type while the engine works
+    snapshot = TextDocument(uri, source, version=version, position_codec=doc.position_codec)
     req = EditRequest(id=f"edit{next(_ids)}", text=plan.text, regions=plan.regions, language=language,
                       steps=s.steps, threshold=s.threshold, revise_threshold=s.revise_threshold)
     res = await ls.backend.edit(req)
     spans = text_edits(plan, [r.text for r in res.regions], [r.changed for r in res.regions])
     spans = no_worse(language, source, spans)
-    edits = [types.TextEdit(range=types.Range(start=doc.client_position_at_offset(a),
-                                              end=doc.client_position_at_offset(b)), new_text=t)
+    edits = [types.TextEdit(range=types.Range(start=snapshot.client_position_at_offset(a),
+                                              end=snapshot.client_position_at_offset(b)), new_text=t)
              for a, b, t in spans]
     n = len(plan.targets)
     what = f"{len(edits)} of {n} regions changed" if n > 1 else ("changed" if edits else "unchanged")
@@ -127,48 +130,50 @@ async def compute(ls, command: str, args: Any) -> Computed:
                     f"{plan.label}: {what} ({res.forward_passes} passes, {res.ms:.0f} ms)")
 
 
-def register_edit_features(server) -> None:
-    async def run(ls, command: str, args: tuple) -> dict:
-        if len(args) != 1:
-            raise JsonRpcInvalidParams(f"{command} takes one argument object, got {len(args)}")
-        try:
-            c = await compute(ls, command, args[0])
-        except EditPlanError as e:
-            return {"applied": False, "edits": 0, "message": f"Diffill: {e}"}
-        except BackendError as e:
-            log.error("%s failed: %s", command, e)
-            return {"applied": False, "edits": 0, "message": f"Diffill: the engine failed: {e}"}
-        doc, uri, version, edits = c.doc, c.uri, c.version, c.edits
-        if not edits:
-            return {"applied": False, "edits": 0, "message": f"{c.label}: no valid edit, the file is unchanged"}
-        if doc.version != version:
-            return {"applied": False, "edits": 0,
-                    "message": "Diffill: the document changed while the edit was computed; nothing applied"}
-        caps = ls.client_capabilities.workspace
-        versioned = bool(caps and caps.workspace_edit and caps.workspace_edit.document_changes)
-        if versioned:
-            edit = types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
-                text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version),
-                edits=edits)])
-        else:
-            edit = types.WorkspaceEdit(changes={uri: edits})
-        resp = await ls.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label=c.label))
-        if not resp.applied:
-            return {"applied": False, "edits": 0,
-                    "message": f"Diffill: the editor did not apply the edit ({resp.failure_reason or 'no reason'})"}
-        return {"applied": True, "edits": len(edits), "message": c.message}
+async def execute(ls, command: str, args: tuple) -> dict:
+    """workspace/executeCommand for an edit command: compute, apply with one workspace/applyEdit, answer."""
+    if len(args) != 1:
+        raise JsonRpcInvalidParams(f"{command} takes one argument object, got {len(args)}")
+    try:
+        c = await compute(ls, command, args[0])
+    except EditPlanError as e:
+        return {"applied": False, "edits": 0, "message": f"Diffill: {e}"}
+    except BackendError as e:
+        log.error("%s failed: %s", command, e)
+        return {"applied": False, "edits": 0, "message": f"Diffill: the engine failed: {e}"}
+    doc, uri, version, edits = c.doc, c.uri, c.version, c.edits
+    if not edits:
+        return {"applied": False, "edits": 0, "message": f"{c.label}: no valid edit, the file is unchanged"}
+    if doc.version != version:
+        return {"applied": False, "edits": 0,
+                "message": "Diffill: the document changed while the edit was computed; nothing applied"}
+    caps = ls.client_capabilities.workspace
+    versioned = bool(caps and caps.workspace_edit and caps.workspace_edit.document_changes)
+    if versioned:
+        edit = types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
+            text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version),
+            edits=edits)])
+    else:
+        edit = types.WorkspaceEdit(changes={uri: edits})
+    resp = await ls.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label=c.label))
+    if not resp.applied:
+        return {"applied": False, "edits": 0,
+                "message": f"Diffill: the editor did not apply the edit ({resp.failure_reason or 'no reason'})"}
+    return {"applied": True, "edits": len(edits), "message": c.message}
 
+
+def register_edit_features(server) -> None:
     @server.command(FILL_HOLES)
     async def fill_holes(ls, *args):
-        return await run(ls, FILL_HOLES, args)
+        return await execute(ls, FILL_HOLES, args)
 
     @server.command(REWRITE)
     async def rewrite(ls, *args):
-        return await run(ls, REWRITE, args)
+        return await execute(ls, REWRITE, args)
 
     @server.command(COMPLETE_BLOCK)
     async def complete_block(ls, *args):
-        return await run(ls, COMPLETE_BLOCK, args)
+        return await execute(ls, COMPLETE_BLOCK, args)
 
     @server.feature(INLINE_EDIT)
     async def inline_edit(ls, params):

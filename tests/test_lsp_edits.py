@@ -320,3 +320,55 @@ async def test_an_answer_that_would_break_the_file_is_not_applied(tiny_model, to
         assert res["applied"] is False and "no valid edit" in res["message"] and client.applied == []
     finally:
         await close()
+
+
+class TypingBackend:
+    """A backend whose edit lets the user type a line at the top of the file while it works."""
+
+    def __init__(self, doc):
+        self.doc = doc
+
+    async def edit(self, req):
+        from fim_server.protocol import EditResult, RegionResult
+
+        self.doc.apply_change(types.TextDocumentContentChangePartial(
+            range=types.Range(start=types.Position(line=0, character=0), end=types.Position(line=0, character=0)),
+            text="# typed meanwhile\n"))
+        self.doc.version += 1
+        regions = tuple(RegionResult(r.start, r.end, "x", True, True, 1) for r in req.regions)
+        return EditResult(req.id, regions, 0, 0, forward_passes=1, ms=1.0)
+
+
+def fake_server(text):
+    """What the edit handlers use of a language server: workspace, settings, backend, capabilities."""
+    from types import SimpleNamespace
+
+    from pygls.workspace import Workspace
+
+    from lsp.config import Settings
+
+    workspace = Workspace(None)
+    workspace.put_text_document(types.TextDocumentItem(uri=URI, language_id="python", version=1, text=text))
+    doc = workspace.get_text_document(URI)
+    applied = []
+
+    async def apply_edit(params):
+        applied.append(params)
+        return types.ApplyWorkspaceEditResult(applied=True)
+
+    return SimpleNamespace(workspace=workspace, settings=Settings(), backend=TypingBackend(doc), applied=applied,
+                           client_capabilities=types.ClientCapabilities(), workspace_apply_edit_async=apply_edit)
+
+
+async def test_typing_during_an_edit_keeps_positions_on_the_planned_text_and_applies_nothing():
+    from lsp.edit_commands import FILL_HOLES, compute, execute
+
+    ls = fake_server(HOLES)
+    c = await compute(ls, FILL_HOLES, {"uri": URI})
+    assert c.version == 1 and len(c.edits) == 3
+    for e in c.edits:  # positions in the text the edit was planned on, not the one typed meanwhile
+        start = offset(HOLES, e.range.start)
+        assert HOLES.startswith("<FILL_ME>", start) and offset(HOLES, e.range.end) == start + len("<FILL_ME>")
+    ls = fake_server(HOLES)
+    res = await execute(ls, FILL_HOLES, ({"uri": URI},))
+    assert res["applied"] is False and "changed while" in res["message"] and ls.applied == []
