@@ -72,7 +72,7 @@ class EngineConfig:
     max_batch: int = 16  # jobs denoised together in one pass
     repair: bool = True  # tree-sitter check, re-mask repair, trim, drop
     # "revise" edits re-mask the tokens whose probability (each scored with its neighbours in view) is below
-    # this. 0.5 on the shipped model re-masks about a third of ordinary code (bench/edit_holes.py).
+    # this: below even odds, the model would more likely write something else there.
     revise_threshold: float = 0.5
     revise_groups: int = 4  # scoring pass: token j is masked in row j % groups, so each sees 3/4 of the rest
     threads: int | None = None  # torch CPU threads (None: torch's default)
@@ -116,6 +116,7 @@ class _Slot:
     group: _Group | None = None  # set for the regions of an edit
     original: str = ""  # edit regions: the region's text as sent
     revise_threshold: float | None = None  # set for "revise" regions: keep the token count, re-mask unlikely
+    original_ids: list[int] = field(default_factory=list)  # "revise" regions: the original's tokens
     remasked: int | None = None
 
 
@@ -215,9 +216,10 @@ class Engine:
         group, slots, t0 = _Group(), [], time.perf_counter()
         for i, r in enumerate(req.regions):
             original = req.text[r.start: r.end]
-            revise_threshold, max_tokens = None, r.max_tokens
+            revise_threshold, max_tokens, ids = None, r.max_tokens, []
             if r.mode == "revise":
-                n = len(self.tok.encode(original))
+                ids = self.tok.encode(original)
+                n = len(ids)
                 if n > MAX_REVISE_TOKENS:
                     raise RequestError(f"region {r.start}..{r.end} has {n} tokens; 'revise' takes at most "
                                        f"{MAX_REVISE_TOKENS}")
@@ -227,7 +229,8 @@ class Engine:
                                 language=req.language, max_tokens=max_tokens, steps=req.steps,
                                 threshold=req.threshold, temperature=req.temperature)
             slots.append(_Slot(req=sub, loop=loop, future=loop.create_future(), on_update=None, t0=t0,
-                               group=group, original=original, revise_threshold=revise_threshold))
+                               group=group, original=original, revise_threshold=revise_threshold,
+                               original_ids=ids))
         self._ensure_worker()
         self._queue.put(slots)
         return EditJob(req, slots, group)
@@ -347,7 +350,7 @@ class Engine:
         token's probability is read with the other (G-1)/G of the region in view (a strided pseudo-likelihood;
         with everything masked at once a token far from the edges would see nothing of its neighbours)."""
         tok = self.tok
-        ids = torch.tensor(tok.encode(s.original) + [tok.eom_id], dtype=torch.long)  # (M,)
+        ids = torch.tensor(s.original_ids + [tok.eom_id], dtype=torch.long)  # (M,)
         n, G = ids.numel() - 1, max(1, min(self.config.revise_groups, ids.numel() - 1))
         j = torch.arange(ids.numel())
         masked = (j[None, :] % G == torch.arange(G)[:, None]) & (j[None, :] < n)  # (G, M)

@@ -96,7 +96,7 @@ def plan_fill_holes(source: str, ranges: list[tuple[int, int]], max_tokens: int)
     at = source.find(HOLE_MARKER)
     while at >= 0:
         end = at + len(HOLE_MARKER)
-        if not any(a <= at and end <= b or at < b and a < end for a, b in merged):
+        if not any(at < b and a < end for a, b in merged):  # a marker overlapping a range is the range's
             spans.append((at, end, False))
         at = source.find(HOLE_MARKER, end)
     if not spans:
@@ -137,11 +137,12 @@ def enclosing_block(language: str | None, source: str, offset: int):
     key = syntax.normalize_language(language)
     if key is None or not syntax.supported(key):
         raise EditPlanError(f"complete block needs a tree-sitter grammar; none for {language!r}")
-    data = source.encode("utf-8", "surrogatepass")
     start = _line_start(source, offset)
     line = source[start: _line_end(source, offset)]
-    # the cached parse of the whole document: editors ask for code actions on every cursor move
-    root = syntax._document(key, source, "").tree.root_node
+    # the cached parse of the whole document (and its UTF-8 bytes): editors ask for code actions on every
+    # cursor move
+    doc = syntax._document(key, source, "")
+    data, root = doc.prefix, doc.tree.root_node
     if line.strip():  # from the line's first token: a header line finds its own body
         at = len(source[: start + len(_indent_of(line))].encode("utf-8", "surrogatepass"))
         node = root.descendant_for_byte_range(at, at)
@@ -166,7 +167,8 @@ def plan_complete_block(language: str | None, source: str, offset: int, max_toke
 
     key = syntax.normalize_language(language)
     unit = _INDENT_UNIT.get(key, "  ")
-    header = source[_line_start(source, char(block.parent.start_byte if block.parent else block.start_byte)):]
+    head = _line_start(source, char(block.parent.start_byte if block.parent else block.start_byte))
+    header = source[head: _line_end(source, head)]
     stmts = [c for c in block.named_children if c.type != "comment"]
     if stmts:
         first = char(stmts[0].start_byte)
