@@ -85,20 +85,23 @@ def _build(source: str, spans: list[tuple[int, int, bool, str, int]]) -> tuple[s
 
 
 def plan_fill_holes(source: str, ranges: list[tuple[int, int]], max_tokens: int) -> Plan:
-    """Every HOLE_MARKER plus the given (start, end) ranges; a marker inside a range belongs to the range."""
+    """Every HOLE_MARKER plus the given (start, end) ranges; a marker a range overlaps belongs to the range,
+    and an empty range (a cursor) on a marker or at its edge is that marker's hole."""
+    markers = []
+    at = source.find(HOLE_MARKER)
+    while at >= 0:
+        markers.append((at, at + len(HOLE_MARKER)))
+        at = source.find(HOLE_MARKER, at + len(HOLE_MARKER))
     merged: list[list[int]] = []
     for a, b in sorted(ranges):
+        if a == b and any(m0 <= a <= m1 for m0, m1 in markers):
+            continue
         if merged and (a < merged[-1][1] or a == merged[-1][0]):
             merged[-1][1] = max(merged[-1][1], b)
         else:
             merged.append([a, b])
     spans = [(a, b, True) for a, b in merged]
-    at = source.find(HOLE_MARKER)
-    while at >= 0:
-        end = at + len(HOLE_MARKER)
-        if not any(at < b and a < end for a, b in merged):  # a marker overlapping a range is the range's
-            spans.append((at, end, False))
-        at = source.find(HOLE_MARKER, end)
+    spans += [(m0, m1, False) for m0, m1 in markers if not any(m0 < b and a < m1 for a, b in merged)]
     if not spans:
         raise EditPlanError(f"no holes: put {HOLE_MARKER} where code is missing, or select the code to fill")
     spans.sort()

@@ -36,6 +36,15 @@ def test_selections_are_regions_and_absorb_the_markers_inside_them():
     assert own == "f(<FILL_ME>)" and before == "a = \nb = "  # the range keeps its text as the engine's original
 
 
+def test_a_cursor_on_a_marker_is_that_marker_not_a_second_hole():
+    src = "x = <FILL_ME>\ny = 1\n"
+    for cursor in (4, 8, 13):  # at the marker's start, inside it, at its end
+        plan = plan_fill_holes(src, [(cursor, cursor)], 64)
+        assert [(t.start, t.end) for t in plan.targets] == [(4, 13)] and len(plan.regions) == 1
+    plan = plan_fill_holes(src, [(18, 18)], 64)  # a cursor elsewhere is a hole of its own
+    assert [(t.start, t.end) for t in plan.targets] == [(4, 13), (18, 18)]
+
+
 def test_no_holes_and_too_many_holes_are_plain_errors():
     with pytest.raises(EditPlanError, match="FILL_ME"):
         plan_fill_holes("x = 1\n", [], 64)
