@@ -62,7 +62,7 @@ def cases(k: int, n: int, seed: int = 0) -> list[tuple[str, list[int], list[str]
 
 async def run(args) -> dict:
     from fim_server.engine import Engine
-    from fim_server.protocol import EditRegion, EditRequest, InfillRequest
+    from fim_server.shared.protocol import EditRegion, EditRequest, InfillRequest
 
     eng = Engine.load(args.model)
     warm = cases(1, 1, seed=99)[0]

@@ -66,7 +66,7 @@ def cases(n: int, seed: int = 0) -> list[dict]:
 
 async def run(args) -> dict:
     from fim_server.engine import Engine, EngineConfig
-    from fim_server.protocol import InfillRequest
+    from fim_server.shared.protocol import InfillRequest
 
     t0 = time.perf_counter()
     cfg = EngineConfig()

@@ -75,7 +75,7 @@ def program(t: dict, completion: str) -> str:
 
 async def evaluate(engine, ts: list[dict], max_tokens: int, steps: int | None = None,
                    threshold: float | None = None) -> dict:
-    from fim_server.protocol import InfillRequest
+    from fim_server.shared.protocol import InfillRequest
 
     passed, exact, ms, passes, toks, details = 0, 0, [], 0, 0, []
     for i, t in enumerate(ts):
@@ -98,8 +98,8 @@ async def evaluate(engine, ts: list[dict], max_tokens: int, steps: int | None = 
 
 def load_model(path: Path):
     """The diffusion engine, or the autoregressive baseline when the model directory says it is one."""
-    from fim_server.ar import AR_MODEL_TYPE, ARDecoder
     from fim_server.engine import Engine
+    from fim_server.train.ar import AR_MODEL_TYPE, ARDecoder
 
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
     return ARDecoder.load(path) if model_type == AR_MODEL_TYPE else Engine.load(path)

@@ -48,7 +48,7 @@ def cases(n: int, seed: int = 0) -> list[tuple[str, int, str]]:
 
 async def run(args) -> dict:
     from fim_server.engine import Engine
-    from fim_server.protocol import InfillRequest
+    from fim_server.shared.protocol import InfillRequest
 
     engine = Engine.load(args.model)
     wrote = exact = 0

@@ -9,9 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default"
-EXTENSION_LANGUAGES = {".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript",
-                       ".cjs": "javascript", ".jsx": "javascript", ".ts": "typescript", ".tsx": "tsx"}
+from fim_server.shared.languages import language_from_path
+from fim_server.shared.paths import DEFAULT_MODEL
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -59,7 +58,7 @@ def cmd_complete(a: argparse.Namespace) -> int:
     import asyncio
     import time
 
-    from fim_server.protocol import InfillRequest
+    from fim_server.shared.protocol import InfillRequest
 
     path, line, col = parse_position(a.position)
     try:
@@ -68,7 +67,7 @@ def cmd_complete(a: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         print(f"diffill complete: {path}: {e}", file=sys.stderr)
         return 2
-    language = a.language or EXTENSION_LANGUAGES.get(path.suffix.lower())
+    language = a.language or language_from_path(path.name)
     t0 = time.perf_counter()
     engine = _load_engine(a)
     load_ms = (time.perf_counter() - t0) * 1000

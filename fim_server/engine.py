@@ -10,7 +10,7 @@ Contract:
   concurrent requests share forward passes.
 - Context cache: the causal context's keys/values are kept for the last few contexts; a new request reuses
   the longest common token prefix of any cached context and computes only the rest (a user typing).
-- Syntax (fim_server.syntax): a finished candidate that adds a syntax error is repaired once by re-masking
+- Syntax (fim_server.shared.syntax): a finished candidate that adds a syntax error is repaired once by re-masking
   the tokens around the error and denoising again; if still invalid it is trimmed to its longest valid run
   of whole lines; else dropped (empty text, valid False).
 - Edits (`engine.submit_edit(req)` -> `EditJob`): several regions of one document regenerated jointly. Each
@@ -41,9 +41,10 @@ from pathlib import Path
 
 import torch
 
-from fim_server import sampler, syntax
+from fim_server import sampler
 from fim_server.model import KV, FIMDiffusionModel, context_slot_mask
-from fim_server.protocol import EditRequest, EditResult, InfillRequest, InfillResult, RegionResult
+from fim_server.shared import syntax
+from fim_server.shared.protocol import EditRequest, EditResult, InfillRequest, InfillResult, RegionResult
 from fim_server.tokenizer import Tokenizer
 
 log = logging.getLogger("diffill.engine")

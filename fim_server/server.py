@@ -1,4 +1,4 @@
-"""`diffill serve`: the websocket server. It only translates between the wire (fim_server.protocol) and the
+"""`diffill serve`: the websocket server. It only translates between the wire (fim_server.shared.protocol) and the
 engine; all state about requests lives in the engine.
 
 Contract: one connection carries many concurrent requests, each answered by id. Every message the client
@@ -29,7 +29,7 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
-from fim_server.protocol import (
+from fim_server.shared.protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     CancelRequest,

@@ -1,6 +1,6 @@
 """Where completions come from: the in-process engine, or a `diffill serve` over its websocket protocol.
 
-Both take a `fim_server.protocol.InfillRequest` and return an `InfillResult` (and an `EditRequest` ->
+Both take a `fim_server.shared.protocol.InfillRequest` and return an `InfillResult` (and an `EditRequest` ->
 `EditResult` for multi-line edits); cancelling the awaiting task cancels the request in the engine
 (in-process: `job.cancel()`; remote: a `cancel` message).
 The remote backend reconnects on the next request after the server goes away.
@@ -15,7 +15,8 @@ import json
 import logging
 from pathlib import Path
 
-from fim_server.protocol import EditRequest, EditResult, InfillRequest, InfillResult, RegionResult
+from fim_server.shared.paths import DEFAULT_MODEL
+from fim_server.shared.protocol import EditRequest, EditResult, InfillRequest, InfillResult, RegionResult
 
 log = logging.getLogger("diffill.lsp")
 
@@ -38,7 +39,6 @@ class EmbeddedBackend:
             self._ready = asyncio.ensure_future(asyncio.to_thread(self._load))
 
     def _load(self):
-        from fim_server.cli import DEFAULT_MODEL  # imports no torch
         from fim_server.engine import Engine  # torch is imported here, in the loader thread
 
         path = Path(self.model) if self.model else DEFAULT_MODEL

@@ -7,19 +7,11 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.workspace import TextDocument
 
-_EXT = {".py": "python", ".js": "javascript", ".jsx": "javascriptreact", ".ts": "typescript",
-        ".tsx": "typescriptreact"}
-
-
-def language_from_uri(uri: str) -> str | None:
-    for ext, lang in _EXT.items():
-        if uri.endswith(ext):
-            return lang
-    return None
+from fim_server.shared.languages import language_from_path
 
 
 def language_of(doc: TextDocument, uri: str) -> str | None:
-    return doc.language_id or language_from_uri(uri)
+    return doc.language_id or language_from_path(uri)
 
 
 def get_document(workspace, uri: str) -> TextDocument:

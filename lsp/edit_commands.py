@@ -25,7 +25,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.workspace import TextDocument
 
-from fim_server.protocol import EditRequest
+from fim_server.shared.protocol import EditRequest
 from lsp.backend import BackendError
 from lsp.documents import get_document, language_of, offset_of
 from lsp.edits import (

@@ -18,15 +18,15 @@ as "\n" + code from the end of the last line kept.
 
 `Plan` holds the engine's view (`text`, `regions`) and, per region, the `Target` span of the user's
 document it replaces; `text_edits` maps the answer back and keeps only changed regions, and `no_worse`
-reverts edits until the document has no more syntax errors than before (fim_server.syntax).
+reverts edits until the document has no more syntax errors than before (fim_server.shared.syntax).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fim_server import syntax
-from fim_server.protocol import MAX_REGIONS, EditRegion
+from fim_server.shared import syntax
+from fim_server.shared.protocol import MAX_REGIONS, EditRegion
 
 HOLE_MARKER = "<FILL_ME>"  # the placeholder for a hole (Code Llama's infilling placeholder, familiar to users)
 _BLOCKS = ("block", "statement_block", "class_body")
@@ -137,15 +137,12 @@ def plan_rewrite(source: str, start: int, end: int, regenerate_all: bool, max_to
 
 def enclosing_block(language: str | None, source: str, offset: int):
     """The innermost block node around `offset` (or whose header holds it), as a tree-sitter node."""
-    key = syntax.normalize_language(language)
-    if key is None or not syntax.supported(key):
+    parsed = syntax.parse(language, source)
+    if parsed is None:
         raise EditPlanError(f"complete block needs a tree-sitter grammar; none for {language!r}")
     start = _line_start(source, offset)
     line = source[start: _line_end(source, offset)]
-    # the cached parse of the whole document (and its UTF-8 bytes): editors ask for code actions on every
-    # cursor move
-    doc = syntax._document(key, source, "")
-    data, root = doc.prefix, doc.tree.root_node
+    data, root = parsed.data, parsed.tree.root_node
     if line.strip():  # from the line's first token: a header line finds its own body
         at = len(source[: start + len(_indent_of(line))].encode("utf-8", "surrogatepass"))
         node = root.descendant_for_byte_range(at, at)

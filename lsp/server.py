@@ -20,7 +20,7 @@ from itertools import count
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
-from fim_server.protocol import InfillRequest
+from fim_server.shared.protocol import InfillRequest
 from lsp.backend import BackendError, EmbeddedBackend, RemoteBackend
 from lsp.config import Settings
 from lsp.documents import get_document, language_of, offset_of

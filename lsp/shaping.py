@@ -29,7 +29,7 @@ def _indent(line: str) -> int:
 
 def in_string_or_comment(language: str | None, prefix: str, suffix: str) -> bool:
     """tree-sitter: is the cursor inside a string literal or a comment?"""
-    from fim_server import syntax  # torch-free
+    from fim_server.shared import syntax  # torch-free
 
     key = syntax.normalize_language(language)
     if key is None or not syntax.supported(key):

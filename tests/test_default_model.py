@@ -2,7 +2,7 @@
 
 import pytest
 
-from fim_server.protocol import InfillRequest
+from fim_server.shared.protocol import InfillRequest
 
 
 async def complete(engine, prefix, suffix="\n"):

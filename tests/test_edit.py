@@ -6,10 +6,10 @@ import json
 import pytest
 from websockets.asyncio.client import connect
 
-from fim_server import syntax
 from fim_server.engine import Cancelled, Engine, EngineConfig
-from fim_server.protocol import EditRegion, EditRequest, InfillRequest, ProtocolError, parse_client_message
 from fim_server.server import ServerConfig, start_server
+from fim_server.shared import syntax
+from fim_server.shared.protocol import EditRegion, EditRequest, InfillRequest, ProtocolError, parse_client_message
 
 DOC = ("def add(a, b):\n    return \n\n\n"
        "def scale(xs, k):\n    out = []\n    for x in xs:\n        out.append(x * )\n    return out\n\n\n"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fim_server.engine import Cancelled, Engine, EngineConfig
-from fim_server.protocol import InfillRequest
+from fim_server.shared.protocol import InfillRequest
 
 
 def req(i="r", prefix="def f(x):\n    return ", suffix="\n", **kw):

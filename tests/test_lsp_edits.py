@@ -9,7 +9,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-from fim_server import syntax
+from fim_server.shared import syntax
 
 URI = "file:///tmp/diffill_test/holes.py"
 HOLES = ("def add(a, b):\n    return <FILL_ME>\n\n\n"
@@ -220,8 +220,8 @@ async def test_code_actions_offer_the_edits(client):
 
 
 async def test_remote_backend_edits_through_a_diffill_serve(shipped_engine):
-    from fim_server.protocol import EditRegion, EditRequest
     from fim_server.server import ServerConfig, start_server
+    from fim_server.shared.protocol import EditRegion, EditRequest
     from lsp.backend import RemoteBackend
 
     srv = await start_server(shipped_engine, ServerConfig(port=0))
@@ -329,7 +329,7 @@ class TypingBackend:
         self.doc = doc
 
     async def edit(self, req):
-        from fim_server.protocol import EditResult, RegionResult
+        from fim_server.shared.protocol import EditResult, RegionResult
 
         self.doc.apply_change(types.TextDocumentContentChangePartial(
             range=types.Range(start=types.Position(line=0, character=0), end=types.Position(line=0, character=0)),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fim_server import syntax
+from fim_server.shared import syntax
 
 ROOT = Path(__file__).resolve().parents[1]
 NVIM = shutil.which("nvim") or str(Path(sys.executable).parent / "nvim")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fim_server.protocol import CancelRequest, InfillRequest, ProtocolError, parse_client_message
+from fim_server.shared.protocol import CancelRequest, InfillRequest, ProtocolError, parse_client_message
 
 
 def parse(obj):

@@ -70,9 +70,9 @@ def train(tmp_path, objective, steps, monkeypatch, capsys):
 
 
 def test_both_objectives_train_resume_export_and_complete(tmp_path, monkeypatch, capsys):
-    from fim_server.ar import ARDecoder
     from fim_server.engine import Engine
-    from fim_server.protocol import InfillRequest
+    from fim_server.shared.protocol import InfillRequest
+    from fim_server.train.ar import ARDecoder
 
     (tmp_path / "corpus").mkdir()
     corpus(tmp_path / "corpus")
@@ -99,7 +99,7 @@ def test_both_objectives_train_resume_export_and_complete(tmp_path, monkeypatch,
 
 
 def test_ar_cached_decoding_equals_recomputing_everything(tiny_model, tokenizer):
-    from fim_server.ar import generate
+    from fim_server.train.ar import generate
 
     model = tiny_model
     ctx = [tokenizer.suffix_id, *tokenizer.encode("\n"), tokenizer.prefix_id, *tokenizer.encode("x = 1 +"),
@@ -124,7 +124,7 @@ def test_ar_cached_decoding_equals_recomputing_everything(tiny_model, tokenizer)
 def test_ar_decoder_refuses_a_diffusion_model():
     import pytest
 
-    from fim_server.ar import ARDecoder
+    from fim_server.train.ar import ARDecoder
 
     with pytest.raises(ValueError, match="not an autoregressive baseline"):
         ARDecoder.load(SHIPPED)

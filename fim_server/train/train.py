@@ -239,7 +239,7 @@ def train(args) -> None:
     cfg = replace(PRESETS[args.preset], vocab_size=tok.vocab_size, max_seq_len=args.seq_len)
     ar = args.objective == "ar"
     if ar:
-        from fim_server.ar import AR_MODEL_TYPE
+        from fim_server.train.ar import AR_MODEL_TYPE
 
         cfg = replace(cfg, model_type=AR_MODEL_TYPE)
     tc = TrainConfig(seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr, steps=args.steps,

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from fim_server import syntax
 from fim_server.engine import build_context
 from fim_server.model import KV, FIMDiffusionModel
-from fim_server.protocol import InfillRequest, InfillResult
+from fim_server.shared import syntax
+from fim_server.shared.protocol import InfillRequest, InfillResult
 from fim_server.tokenizer import Tokenizer
 
 AR_MODEL_TYPE = "diffill-fim-ar"

@@ -26,15 +26,11 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING
 
+from fim_server.shared.languages import grammar_key
+
 if TYPE_CHECKING:
     import tree_sitter
 
-_ALIASES = {
-    "python": "python", "py": "python", "python3": "python",
-    "javascript": "javascript", "js": "javascript", "javascriptreact": "javascript", "jsx": "javascript",
-    "typescript": "typescript", "ts": "typescript",
-    "typescriptreact": "tsx", "tsx": "tsx",
-}
 _GRAMMARS = {  # grammar key -> (module, function returning the language pointer)
     "python": ("tree_sitter_python", "language"),
     "javascript": ("tree_sitter_javascript", "language"),
@@ -45,9 +41,7 @@ _STRINGY = ("string", "comment", "template_string", "regex", "jsx_text")  # wher
 _SCAN_CHARS = 20_000  # how far back into the prefix the bracket scan looks for openers
 
 
-def normalize_language(language: str | None) -> str | None:
-    """Editor / LSP language id or alias -> grammar key ("python", "javascript", "typescript", "tsx")."""
-    return None if language is None else _ALIASES.get(language.strip().lower())
+normalize_language = grammar_key  # LSP language id or alias -> grammar key (fim_server.shared.languages)
 
 
 @cache
@@ -159,6 +153,28 @@ def check(language: str | None, prefix: str, middle: str, suffix: str) -> Verdic
         elif a < m1 and b > m0:
             spans.append((_char_index(mb, max(a, m0) - m0), _char_index(mb, min(b, m1) - m0)))
     return Verdict(valid, len(doc.errors), len(after), _merge(spans))
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A whole document parsed: its UTF-8 bytes (tree-sitter offsets are byte offsets into them) and tree."""
+
+    data: bytes
+    tree: tree_sitter.Tree
+
+    def char_offset(self, byte: int) -> int:
+        """str index of a byte offset into `data`."""
+        return _char_index(self.data, byte)
+
+
+def parse(language: str | None, text: str) -> Parsed | None:
+    """The whole document's tree (cached with the checks' parses: editors ask again on every cursor move);
+    None without a grammar."""
+    key = normalize_language(language)
+    if key is None or not supported(key):
+        return None
+    doc = _document(key, text, "")
+    return Parsed(doc.prefix, doc.tree)
 
 
 def count_errors(language: str | None, text: str) -> int | None:

@@ -1,8 +1,11 @@
-"""Wire types of the Diffill websocket protocol (docs/protocol.md), shared by server, clients and tests.
+"""Wire types of the Diffill websocket protocol (docs/protocol.md) and its one codec, for both sides.
 
-Contract: `parse_client_message` turns one websocket message into a request dataclass or raises
+Contract: server side, `parse_client_message` turns one websocket message into a request dataclass or raises
 `ProtocolError` with a machine-readable `code` and, when it could be read, the request `id`; the `*_message`
-builders make the server's JSON objects. Nothing here imports torch or does I/O.
+builders make the server's JSON objects. Client side (the language server's remote backend, benches, tests),
+`request_message` encodes a request so that `parse_client_message` gives it back unchanged, and
+`parse_server_message` decodes the server's answers into the same result dataclasses the engine returns.
+Nothing here imports torch or does I/O.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import json
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from fim_server.shared.errors import DiffillError, ProtocolError
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # a 1 MB file fits even with every character JSON-escaped
@@ -96,15 +101,6 @@ class EditResult:
     forward_passes: int  # batched passes this edit took part in (all regions together), scoring included
     ms: float
     context_truncated: bool = False
-
-
-class ProtocolError(Exception):
-    """A message the server cannot act on. `code` is stable; str(self) is for humans."""
-
-    def __init__(self, code: str, message: str, id: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.id = id
 
 
 def _field(msg: dict, name: str, types: tuple[type, ...], rid: str | None, *, required: bool = False,
@@ -230,5 +226,82 @@ def cancelled_message(rid: str) -> dict:
     return {"type": "cancelled", "id": rid}
 
 
-def error_message(err: ProtocolError) -> dict:
+def error_message(err: DiffillError) -> dict:
+    """Any DiffillError as the wire's `error` message: the one mapping of the error hierarchy to websocket."""
     return {"type": "error", "id": err.id, "code": err.code, "message": str(err)}
+
+
+# ---- client side ---------------------------------------------------------------------------------------------
+def request_message(req: InfillRequest | EditRequest | CancelRequest) -> dict:
+    """The JSON object for a request; `parse_client_message(json.dumps(request_message(r))) == r`. Fields left
+    at their defaults are omitted."""
+    if isinstance(req, CancelRequest):
+        return {"type": "cancel", "id": req.id}
+    msg: dict[str, Any] = {"type": "edit" if isinstance(req, EditRequest) else "infill", "id": req.id}
+    if isinstance(req, EditRequest):
+        msg["text"] = req.text
+        msg["regions"] = [{"start": r.start, "end": r.end, "mode": r.mode, "max_tokens": r.max_tokens}
+                          for r in req.regions]
+        optional = ("language", "steps", "threshold", "revise_threshold")
+    else:
+        msg.update(prefix=req.prefix, suffix=req.suffix, max_tokens=req.max_tokens)
+        if req.stream:
+            msg["stream"] = True
+        optional = ("language", "steps", "threshold")
+    for name in optional:
+        if getattr(req, name) is not None:
+            msg[name] = getattr(req, name)
+    if req.temperature:
+        msg["temperature"] = req.temperature
+    return msg
+
+
+@dataclass(frozen=True)
+class Update:
+    id: str
+    text: str  # the streaming draft so far
+
+
+@dataclass(frozen=True)
+class CancelledReply:
+    id: str
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    id: str | None
+    code: str
+    message: str
+
+
+ServerMessage = InfillResult | EditResult | Update | CancelledReply | ErrorReply
+
+
+def parse_server_message(raw: str | bytes) -> ServerMessage:
+    """One message from the server -> its dataclass. Raises ProtocolError("bad_reply") for anything the
+    server could not have sent (not JSON, unknown type, fields missing or of the wrong type)."""
+    try:
+        msg = json.loads(raw)
+        if not isinstance(msg, dict):
+            raise TypeError("not an object")
+        mtype, rid = msg["type"], msg.get("id")
+        if mtype == "result":
+            return InfillResult(id=rid, text=msg["text"], valid=msg["valid"], tokens=msg["tokens"],
+                                forward_passes=msg["forward_passes"], ms=msg["ms"], repair=msg.get("repair"),
+                                context_truncated=msg.get("context_truncated", False))
+        if mtype == "edit_result":
+            regions = tuple(RegionResult(start=g["start"], end=g["end"], text=g["text"], changed=g["changed"],
+                                         valid=g["valid"], tokens=g["tokens"], repair=g.get("repair"),
+                                         remasked=g.get("remasked")) for g in msg["regions"])
+            return EditResult(id=rid, regions=regions, errors_before=msg["errors_before"],
+                              errors_after=msg["errors_after"], forward_passes=msg["forward_passes"],
+                              ms=msg["ms"], context_truncated=msg.get("context_truncated", False))
+        if mtype == "update":
+            return Update(id=rid, text=msg["text"])
+        if mtype == "cancelled":
+            return CancelledReply(id=rid)
+        if mtype == "error":
+            return ErrorReply(id=rid, code=msg["code"], message=msg["message"])
+        raise ValueError(f"unknown message type {mtype!r}")
+    except (ValueError, TypeError, KeyError, RecursionError) as e:
+        raise ProtocolError("bad_reply", f"the server sent a message this client cannot read: {e!r}") from None
