@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -29,12 +30,13 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
+from fim_server.shared.errors import Cancelled, DiffillError, EngineError, ProtocolError
 from fim_server.shared.protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     CancelRequest,
     EditRequest,
-    ProtocolError,
+    EditResult,
     cancelled_message,
     edit_result_message,
     error_message,
@@ -102,32 +104,9 @@ class _Connection:
     def send(self, msg: dict) -> None:
         self.outbox.put_nowait(msg)
 
-    async def run_job(self, req) -> None:
-        on_update: Callable[[str], None] | None = None
-        if getattr(req, "stream", False):
-            on_update = lambda text: self.send(update_message(req.id, text))  # noqa: E731
-        try:
-            if isinstance(req, EditRequest):
-                job = self.engine.submit_edit(req)
-                self.jobs[req.id] = job
-                self.send(edit_result_message(await job.result()))
-            else:
-                job = self.engine.submit(req, on_update=on_update)
-                self.jobs[req.id] = job
-                self.send(result_message(await job.result()))
-        except self.engine.RequestError as e:
-            self.send(error_message(ProtocolError("bad_field", str(e), req.id)))
-        except self.engine.Cancelled:
-            self.send(cancelled_message(req.id))
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # the engine failed this request; the connection carries on
-            log.exception("request %s failed", req.id)
-            self.send(error_message(ProtocolError("internal", f"engine error: {type(e).__name__}: {e}", req.id)))
-        finally:
-            self.jobs.pop(req.id, None)
-
     def handle(self, raw: str | bytes) -> None:
+        """One message from the client. A request's job exists in the engine before the next message is
+        read, so a `cancel` right behind its request (even in the same TCP segment) finds it."""
         try:
             if len(raw) > self.config.max_message_bytes:
                 raise ProtocolError("too_large", f"message of {len(raw)} bytes is over the "
@@ -144,24 +123,45 @@ class _Connection:
             if len(self.jobs) >= self.config.max_in_flight:
                 raise ProtocolError("too_many_in_flight",
                                     f"{self.config.max_in_flight} requests already in flight", msg.id)
-            self.jobs[msg.id] = _Pending()
-            task = asyncio.create_task(self.run_job(msg))
+            if isinstance(msg, EditRequest):
+                job = self.engine.submit_edit(msg)
+            else:
+                on_update = None
+                if msg.stream:
+                    on_update = functools.partial(self._send_update, msg.id)
+                job = self.engine.submit(msg, on_update=on_update)
+            self.jobs[msg.id] = job
+            task = asyncio.create_task(self.answer(msg.id, job))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-        except ProtocolError as e:
+        except DiffillError as e:
             self.send(error_message(e))
+
+    def _send_update(self, rid: str, text: str) -> None:
+        self.send(update_message(rid, text))
+
+    async def answer(self, rid: str, job) -> None:
+        """Wait for a job and send its one final message: result, cancelled or error."""
+        try:
+            res = await job.result()
+            self.send(edit_result_message(res) if isinstance(res, EditResult) else result_message(res))
+        except Cancelled:
+            self.send(cancelled_message(rid))
+        except DiffillError as e:  # the engine failed this request; the connection carries on
+            e.id = rid
+            self.send(error_message(e))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # pragma: no cover - the engine wraps its errors; this is a last resort
+            log.exception("request %s failed", rid)
+            self.send(error_message(EngineError(f"engine error: {type(e).__name__}: {e}", id=rid)))
+        finally:
+            self.jobs.pop(rid, None)
 
     def close(self) -> None:
         for job in list(self.jobs.values()):
             job.cancel()
         self.send(None)
-
-
-class _Pending:
-    """Placeholder between accepting a request and the engine's job existing (same loop tick)."""
-
-    def cancel(self) -> None:
-        pass
 
 
 async def _handler(ws: ServerConnection, engine, config: ServerConfig) -> None:

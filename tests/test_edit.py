@@ -10,6 +10,7 @@ from fim_server.engine import Cancelled, Engine, EngineConfig
 from fim_server.server import ServerConfig, start_server
 from fim_server.shared import syntax
 from fim_server.shared.protocol import EditRegion, EditRequest, InfillRequest, ProtocolError, parse_client_message
+from tests.fakes import scripted_engine
 
 DOC = ("def add(a, b):\n    return \n\n\n"
        "def scale(xs, k):\n    out = []\n    for x in xs:\n        out.append(x * )\n    return out\n\n\n"
@@ -129,29 +130,30 @@ async def test_revise_keeps_likely_tokens_and_the_token_count(shipped_engine, to
     assert r.tokens == n or not r.changed  # denoised again into the same number of tokens (or reverted)
 
 
-async def test_a_hole_whose_answer_adds_an_error_is_left_alone(tiny_engine, tokenizer):
-    from tests.test_engine import script_logits
-
+async def test_a_hole_whose_answer_adds_an_error_is_left_alone(tokenizer):
     close = tokenizer.encode(")")[0]
-    script_logits(tiny_engine, lambda k: close if k < 3 else tokenizer.eom_id)
+    eng = scripted_engine(tokenizer, lambda k: close if k < 3 else tokenizer.eom_id)
     text = "x = 1\ny = \n"
-    res = await tiny_engine.edit(edit("bad", [EditRegion(10, 10)], text=text))
+    res = await eng.edit(edit("bad", [EditRegion(10, 10)], text=text))
     (r,) = res.regions
     assert not r.changed and r.text == "" and r.repair == "drop"
     assert res.errors_after <= res.errors_before
+    eng.close()
 
 
-async def test_cancelling_an_edit_cancels_every_region(tiny_engine):
-    from tests.test_engine import script_logits
-
-    script_logits(tiny_engine, lambda k: 300)  # never ends on its own
-    job = tiny_engine.submit_edit(EditRequest("c", "a = \nb = \n", (EditRegion(4, 4, max_tokens=512),
+async def test_cancelling_an_edit_cancels_every_region(tokenizer):
+    eng = scripted_engine(tokenizer, lambda k: 300, confident=False)  # one token a pass, never ends on its own
+    job = eng.submit_edit(EditRequest("c", "a = \nb = \n", (EditRegion(4, 4, max_tokens=512),
                                                                     EditRegion(9, 9, max_tokens=512))))
     await asyncio.sleep(0)
     job.cancel()
     with pytest.raises(Cancelled):
         await job.result()
-    assert (await tiny_engine.infill(InfillRequest("after", "x = ", "\n", max_tokens=4))).id == "after"
+    assert eng.idle.wait(5)  # no region goes on denoising
+    passes = eng.stats["denoise_passes"]
+    assert (await eng.infill(InfillRequest("after", "x = ", "\n", max_tokens=4))).id == "after"
+    assert eng.stats["denoise_passes"] - passes == 4  # only the new request's passes
+    eng.close()
 
 
 def test_a_revise_region_too_long_is_refused_up_front(tiny_engine):

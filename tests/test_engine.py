@@ -3,10 +3,10 @@
 import asyncio
 
 import pytest
-import torch
 
 from fim_server.engine import Cancelled, Engine, EngineConfig
 from fim_server.shared.protocol import InfillRequest
+from tests.fakes import scripted_engine
 
 
 def req(i="r", prefix="def f(x):\n    return ", suffix="\n", **kw):
@@ -20,19 +20,18 @@ def tiny_engine(tiny_model, tokenizer):
     eng.close()
 
 
-def script_logits(engine, fn):
-    """Replace the model's logits for each job by fn(slot_index) -> token id (probability ~1)."""
-    real = engine._commit
-    V = engine.tok.vocab_size
+@pytest.fixture
+def make_engine(tokenizer):
+    """Scripted engines (tests/fakes.py), closed after the test."""
+    made = []
 
-    def commit(s, logits):
-        idx = (s.slots == engine.tok.mask_id).nonzero()[:, 0].tolist()
-        scripted = torch.full((len(idx), V), -30.0)
-        for row, k in enumerate(idx):
-            scripted[row, fn(k)] = 30.0
-        real(s, scripted)
+    def make(script, **kw):
+        made.append(scripted_engine(tokenizer, script, **kw))
+        return made[-1]
 
-    engine._commit = commit
+    yield make
+    for eng in made:
+        eng.close()
 
 
 async def test_shipped_model_completes_deterministically(shipped_engine):
@@ -54,19 +53,18 @@ async def test_concurrent_requests_share_forward_passes(tiny_engine):
     assert [r.id for r in results] == ["r0", "r1", "r2", "r3"]
 
 
-async def test_cancel_takes_effect_at_the_next_step(tiny_engine):
-    eom = tiny_engine.tok.eom_id
-    script_logits(tiny_engine, lambda k: 300 if k != 10_000 else eom)  # never ends: 512 one-by-one steps
+async def test_cancel_takes_effect_at_the_next_step(make_engine):
+    eng = make_engine(lambda k: 300, confident=False)  # one slot per pass, never <eom>: 512 passes
     seen = asyncio.Event()
-    job = tiny_engine.submit(req(max_tokens=512, threshold=1.01, stream=True), on_update=lambda t: seen.set())
+    job = eng.submit(req(max_tokens=512, stream=True), on_update=lambda t: seen.set())
     await seen.wait()
-    before = tiny_engine.stats["denoise_passes"]
+    before = eng.stats["denoise_passes"]
     job.cancel()
     with pytest.raises(Cancelled):
         await job.result()
-    assert tiny_engine.stats["denoise_passes"] - before <= 2
+    assert eng.stats["denoise_passes"] - before <= 2
     # the engine is still alive for the next request
-    assert (await tiny_engine.infill(req("after", max_tokens=4))).id == "after"
+    assert (await eng.infill(req("after", max_tokens=4))).id == "after"
 
 
 async def test_context_cache_is_reused_while_typing(shipped_engine):
@@ -79,16 +77,15 @@ async def test_context_cache_is_reused_while_typing(shipped_engine):
     assert shipped_engine.stats["prefill_tokens"] - computed < 5
 
 
-async def test_extends_with_more_slots_until_max_tokens(tiny_engine):
-    script_logits(tiny_engine, lambda k: 300)  # never proposes <eom>
-    r = await tiny_engine.infill(req(max_tokens=20))
+async def test_extends_with_more_slots_until_max_tokens(make_engine):
+    eng = make_engine(lambda k: 300, initial_slots=8)  # never proposes <eom>
+    r = await eng.infill(req(max_tokens=20))
     assert r.tokens == 20  # 8 initial slots, extended to the budget, and no further
 
 
-async def test_eom_ends_the_middle(tiny_engine):
-    eom = tiny_engine.tok.eom_id
-    script_logits(tiny_engine, lambda k: 300 if k < 3 else eom)
-    r = await tiny_engine.infill(req(max_tokens=64))
+async def test_eom_ends_the_middle(make_engine, tokenizer):
+    eng = make_engine(lambda k: 300 if k < 3 else tokenizer.eom_id)
+    r = await eng.infill(req(max_tokens=64))
     assert r.tokens == 3 and r.forward_passes == 1  # all confident: one pass, padding cut
 
 
@@ -106,25 +103,25 @@ async def test_huge_prefix_is_truncated_nearest_the_cursor(shipped_engine):
     assert len(ids) <= shipped_engine.model.cfg.max_seq_len
 
 
-async def test_invalid_candidate_is_trimmed_to_valid_lines(tiny_engine, tokenizer):
+async def test_invalid_candidate_is_trimmed_to_valid_lines(make_engine, tokenizer):
     close, nl = tokenizer.encode(")")[0], tokenizer.encode("\n")[0]
     eom = tokenizer.eom_id
-    script_logits(tiny_engine, lambda k: {0: close, 1: nl, 2: close}.get(k, eom))
-    r = await tiny_engine.infill(req(prefix="x = foo(1", suffix="\n", language="python"))
+    eng = make_engine(lambda k: {0: close, 1: nl, 2: close}.get(k, eom))
+    r = await eng.infill(req(prefix="x = foo(1", suffix="\n", language="python"))
     assert r.text == ")" and r.valid is True and r.repair == "trim"
 
 
-async def test_hopeless_candidate_is_dropped(tiny_engine, tokenizer):
+async def test_hopeless_candidate_is_dropped(make_engine, tokenizer):
     close = tokenizer.encode(")")[0]
-    script_logits(tiny_engine, lambda k: close if k < 3 else tokenizer.eom_id)
-    r = await tiny_engine.infill(req(prefix="x = 1", suffix="\n", language="python"))
+    eng = make_engine(lambda k: close if k < 3 else tokenizer.eom_id)
+    r = await eng.infill(req(prefix="x = 1", suffix="\n", language="python"))
     assert r.text == "" and r.valid is False and r.repair == "drop"
 
 
-async def test_language_without_grammar_passes_unvalidated(tiny_engine, tokenizer):
+async def test_language_without_grammar_passes_unvalidated(make_engine, tokenizer):
     close = tokenizer.encode(")")[0]
-    script_logits(tiny_engine, lambda k: close if k < 3 else tokenizer.eom_id)
-    r = await tiny_engine.infill(req(prefix="x = 1", suffix="\n", language="cobol"))
+    eng = make_engine(lambda k: close if k < 3 else tokenizer.eom_id)
+    r = await eng.infill(req(prefix="x = 1", suffix="\n", language="cobol"))
     assert r.text == ")))" and r.valid is None
 
 

@@ -178,3 +178,29 @@ async def test_empty_prefix_and_suffix_get_a_result(server):
         await ws.send(json.dumps({"type": "infill", "id": "e", "prefix": "", "suffix": "", "max_tokens": 8}))
         (res,) = await recv_until(ws, "e")
         assert res["type"] == "result" and res["tokens"] <= 8
+
+
+async def test_a_cancel_in_the_same_segment_as_its_infill_is_honoured(tokenizer):
+    """Both frames written in one transport write: the server reads them in one go. The job must exist in the
+    engine when the cancel is read, so the answer is `cancelled`, never a result."""
+    from tests.fakes import scripted_engine
+
+    eng = scripted_engine(tokenizer, lambda k: 300, confident=False, pass_delay=0.001)  # 512 passes if let run
+    srv = await start_server(eng, ServerConfig(port=0))
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        async with connect(f"ws://127.0.0.1:{port}") as ws:
+            for i in range(10):
+                rid = f"p{i}"
+                ws.protocol.send_text(json.dumps({"type": "infill", "id": rid, "prefix": "x = ",
+                                                  "max_tokens": 512}).encode())
+                ws.protocol.send_text(json.dumps({"type": "cancel", "id": rid}).encode())
+                ws.send_data()  # one write holding both frames
+                msgs = await recv_until(ws, rid)
+                assert [m["type"] for m in msgs] == ["cancelled"]
+        assert eng.idle.wait(2)
+        assert eng.stats["denoise_passes"] <= 10  # at most one pass each before the cancel was seen
+    finally:
+        srv.close()
+        await srv.wait_closed()
+        eng.close()

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from fim_server.engine import build_context
+from fim_server.context import build_context
+from fim_server.finalize import settle
 from fim_server.model import KV, FIMDiffusionModel
-from fim_server.shared import syntax
 from fim_server.shared.protocol import InfillRequest, InfillResult
 from fim_server.tokenizer import Tokenizer
 
@@ -79,12 +79,7 @@ class ARDecoder:
         ctx, truncated, p_win, s_win = build_context(self.tok, req.prefix, req.suffix, req.max_tokens,
                                                      self.model.cfg.max_seq_len)
         ids, passes = generate(self.model, self.tok, ctx, req.max_tokens)
-        text, valid, repair = self.tok.decode(ids), None, None
-        if syntax.supported(req.language):
-            valid = syntax.check(req.language, p_win, text, s_win).valid
-            if not valid:
-                trimmed = syntax.trim_to_valid_lines(req.language, p_win, text, s_win)
-                text, valid, repair = (trimmed, True, "trim") if trimmed is not None else ("", False, "drop")
+        text, valid, repair = settle(req.language, p_win, self.tok.decode(ids), s_win)
         return InfillResult(id=req.id, text=text, valid=valid, tokens=len(ids), forward_passes=passes,
                             ms=round((time.perf_counter() - t0) * 1000, 2), repair=repair,
                             context_truncated=truncated)

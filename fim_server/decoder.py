@@ -1,0 +1,283 @@
+"""Denoising one middle: its state (`Middle`) and the steps on it (`Decoder`), shared by the batched engine
+(fim_server/engine.py) and the single-request reference loop below, which the engine is tested against.
+
+Contract: `Decoder.admit(req)` builds the context (cache-aware prefill) and the masked slots; `forward(ms)`
+makes ONE forward pass for a batch of middles and returns each one's logits at its masked slots (special
+tokens other than <eom> banned); `commit(m, logits)` applies one sampler step (fim_server.sampler) and says
+whether the streaming draft changed; `finished(m)` is True once nothing is masked and the syntax check is
+settled (a candidate that adds an error is repaired once by re-masking the tokens around it, so it returns
+False again); `result(m, t0)` settles the text (fim_server.finalize) into an `InfillResult`.
+The decoder holds no scheduling state and knows nothing of threads or event loops; all calls for one
+decoder come from one thread.
+
+A "revise" middle (edits) starts from its own tokens: one scoring pass (tokens masked in strided groups,
+every token scored with its neighbours in view) finds the tokens the model finds unlikely, only those are
+re-masked, and the middle keeps its token count.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import torch
+
+from fim_server import sampler
+from fim_server.context import ContextCache, build_context
+from fim_server.finalize import repair_positions, settle
+from fim_server.model import KV, FIMDiffusionModel, context_slot_mask
+from fim_server.shared import syntax
+from fim_server.shared.errors import RequestError
+from fim_server.shared.protocol import EditRequest, InfillRequest, InfillResult
+from fim_server.tokenizer import Tokenizer
+
+MAX_REVISE_TOKENS = 384  # a "revise" middle's tokens (+ its context) must fit the model's window
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    # Defaults picked by bench/engine_latency.py sweeps on the shipped model (README, "Measured"):
+    threshold: float = 0.8  # confidence tau: lower commits more per pass (faster), higher is more careful
+    eom_threshold: float = 0.6  # commit the leftmost <eom> this likely at once (cuts the padding after it)
+    initial_slots: int = 8  # first block of masked slots; extended in blocks of this size, up to max_tokens
+    suffix_share: float = 0.25  # part of the context budget the suffix may take when both sides are long
+    repair: bool = True  # tree-sitter check, re-mask repair, trim, drop
+    # "revise" edits re-mask the tokens whose probability (each scored with its neighbours in view) is below
+    # this: below even odds, the model would more likely write something else there.
+    revise_threshold: float = 0.5
+    revise_groups: int = 4  # scoring pass: token j is masked in row j % groups, so each sees 3/4 of the rest
+
+
+@dataclass(eq=False)
+class Middle:
+    """One middle being denoised: a request's, or one region's of an edit."""
+
+    req: InfillRequest
+    ctx_ids: list[int] = field(default_factory=list)
+    ctx_kv: KV | None = None
+    cached_tokens: int = 0
+    context_truncated: bool = False
+    window_prefix: str = ""
+    window_suffix: str = ""
+    slots: torch.Tensor | None = None  # (M,) live middle
+    ended: bool = False
+    steps: int = 0  # forward passes this middle took part in (a revise middle's scoring pass included)
+    repair: str | None = None
+    repaired_once: bool = False
+    verdict: syntax.Verdict | None = None  # of the current finished candidate, so it is parsed once
+    last_draft: str = ""
+    original: str = ""  # edit regions: the region's text as sent (never cut short)
+    revise_threshold: float | None = None  # "revise" regions: keep the token count, re-mask unlikely tokens
+    original_ids: list[int] = field(default_factory=list)
+    remasked: int | None = None
+
+
+class Decoder:
+    def __init__(self, model: FIMDiffusionModel, tokenizer: Tokenizer, *, device: str = "cpu",
+                 config: DecodeConfig = DecodeConfig(), cache_entries: int = 8):
+        self.model, self.tok, self.device, self.config = model, tokenizer, device, config
+        # counters for benchmarks and tests: context tokens computed vs reused from the cache, passes made
+        self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "denoise_passes": 0}
+        self.cache = ContextCache(model, device, cache_entries, self.stats)
+        self._banned = torch.tensor(sorted(tokenizer.special_ids - {tokenizer.eom_id}))
+        self._batch_kv: tuple[list[Middle], KV] | None = None  # see _batched_context
+
+    # ---- admission ---------------------------------------------------------------------------------------
+    def build_context(self, prefix: str, suffix: str, max_tokens: int) -> tuple[list[int], bool, str, str]:
+        return build_context(self.tok, prefix, suffix, max_tokens, self.model.cfg.max_seq_len,
+                             self.config.suffix_share)
+
+    def region(self, edit: EditRequest, i: int) -> Middle:
+        """A middle for region i of an edit (not admitted yet): its context is the document around it (the
+        other regions as sent). Raises RequestError for a region too long to revise."""
+        r = edit.regions[i]
+        original = edit.text[r.start: r.end]
+        ids, revise_threshold, max_tokens = [], None, r.max_tokens
+        if r.mode == "revise":
+            ids = self.tok.encode(original)
+            if len(ids) > MAX_REVISE_TOKENS:
+                raise RequestError(f"region {r.start}..{r.end} has {len(ids)} tokens; 'revise' takes at most "
+                                   f"{MAX_REVISE_TOKENS}", id=edit.id)
+            revise_threshold = edit.revise_threshold or self.config.revise_threshold
+            max_tokens = len(ids) + 1  # its own tokens and the <eom> after them
+        req = InfillRequest(id=f"{edit.id}#{i}", prefix=edit.text[: r.start], suffix=edit.text[r.end:],
+                            language=edit.language, max_tokens=max_tokens, steps=edit.steps,
+                            threshold=edit.threshold, temperature=edit.temperature)
+        return Middle(req=req, original=original, revise_threshold=revise_threshold, original_ids=ids)
+
+    def admit(self, m: Middle) -> int:
+        """Context and first slots. -> forward passes spent (1 for a revise middle's scoring pass, else 0)."""
+        req = m.req
+        m.ctx_ids, m.context_truncated, m.window_prefix, m.window_suffix = self.build_context(
+            req.prefix, req.suffix, req.max_tokens)
+        m.ctx_kv, m.cached_tokens = self.cache.prefill(m.ctx_ids)
+        if m.revise_threshold is not None:
+            m.slots = self._revise_slots(m)
+            return 1
+        m.slots = torch.full((min(self.config.initial_slots, req.max_tokens),), self.tok.mask_id, dtype=torch.long)
+        return 0
+
+    def _revise_slots(self, m: Middle) -> torch.Tensor:
+        """The region's own tokens + a committed <eom>, with the tokens the model finds unlikely re-masked.
+
+        One pass scores every token: row g of a (G, M) batch masks the tokens j with j % G == g, so each
+        token's probability is read with the other (G-1)/G of the region in view (a strided pseudo-likelihood;
+        with everything masked at once a token far from the edges would see nothing of its neighbours)."""
+        tok = self.tok
+        ids = torch.tensor(m.original_ids + [tok.eom_id], dtype=torch.long)  # (M,)
+        n, G = ids.numel() - 1, max(1, min(self.config.revise_groups, ids.numel() - 1))
+        j = torch.arange(ids.numel())
+        masked = (j[None, :] % G == torch.arange(G)[:, None]) & (j[None, :] < n)  # (G, M)
+        rows = torch.where(masked, tok.mask_id, ids[None, :])
+        T = len(m.ctx_ids)
+        pos = (T + j)[None].expand(G, -1)
+        ctx = [(k.expand(G, -1, -1, -1), v.expand(G, -1, -1, -1)) for k, v in m.ctx_kv]
+        h = self.model.denoise_hidden(rows.to(self.device), pos.to(self.device), ctx, mask=None)  # (G, M, D)
+        logits = self.model.logits(h[masked.to(self.device)]).float().cpu()  # (n, V), ordered by (g, j)
+        logits[:, self._banned] = float("-inf")
+        order = masked.nonzero()[:, 1]  # the token index of each logits row
+        prob = torch.softmax(logits, dim=-1).gather(-1, ids[order][:, None])[:, 0]
+        unlikely = order[prob < m.revise_threshold]
+        self.stats["denoise_passes"] += 1
+        m.steps += 1
+        m.remasked = int(unlikely.numel())
+        ids[unlikely] = tok.mask_id
+        return ids
+
+    # ---- one forward pass ------------------------------------------------------------------------------------
+    def forward(self, batch: list[Middle]) -> list[torch.Tensor]:
+        """ONE forward pass over the middles of `batch` -> per middle, logits (n_masked, V) at its masked slots."""
+        tok, model = self.tok, self.model
+        self.stats["denoise_passes"] += 1
+        if len(batch) == 1:
+            m = batch[0]
+            T = len(m.ctx_ids)
+            pos = torch.arange(T, T + m.slots.numel())[None]
+            h = model.denoise_hidden(m.slots[None].to(self.device), pos.to(self.device), m.ctx_kv, mask=None)
+            per = [h[0]]
+        else:
+            t_ctx = max(len(m.ctx_ids) for m in batch)
+            width = max(m.slots.numel() for m in batch)
+            slots = torch.full((len(batch), width), tok.pad_id, dtype=torch.long)
+            pos = torch.zeros(len(batch), width, dtype=torch.long)
+            for b, m in enumerate(batch):
+                slots[b, : m.slots.numel()] = m.slots
+                pos[b] = len(m.ctx_ids) + torch.arange(width)
+            past = self._batched_context(batch, t_ctx)
+            mask = context_slot_mask(torch.tensor([len(m.ctx_ids) for m in batch]),
+                                     torch.tensor([m.slots.numel() for m in batch]), t_ctx, width)
+            h = model.denoise_hidden(slots.to(self.device), pos.to(self.device), past, mask.to(self.device))
+            per = [h[b, : m.slots.numel()] for b, m in enumerate(batch)]
+        # logits at masked slots only, one unembedding for the whole batch
+        sel = [(m.slots == tok.mask_id).to(self.device) for m in batch]
+        logits = model.logits(torch.cat([hj[sj] for hj, sj in zip(per, sel)])).float().cpu()  # (N_total, V)
+        logits[:, self._banned] = float("-inf")  # only text or <eom> may be committed
+        out, off = [], 0
+        for m, sj in zip(batch, sel):
+            n = int(sj.sum())
+            part = logits[off: off + n]
+            if m.revise_threshold is not None:
+                part[:, tok.eom_id] = float("-inf")  # a revised region keeps its token count
+            out.append(part)
+            off += n
+        return out
+
+    def _batched_context(self, batch: list[Middle], t_ctx: int) -> KV:
+        """The middles' context KV right-padded to t_ctx and stacked (B, H, t_ctx, Dh) per layer; rebuilt only
+        when the batch's membership changes, since contexts are fixed while a middle denoises."""
+        if self._batch_kv is not None and len(self._batch_kv[0]) == len(batch) and \
+                all(a is b for a, b in zip(self._batch_kv[0], batch)):  # identity, not id(): ids get reused
+            return self._batch_kv[1]
+        past = []
+        for layer in range(self.model.cfg.n_layers):
+            ks, vs = [], []
+            for m in batch:
+                k, v = m.ctx_kv[layer]
+                ks.append(torch.nn.functional.pad(k, (0, 0, 0, t_ctx - k.shape[2])))
+                vs.append(torch.nn.functional.pad(v, (0, 0, 0, t_ctx - v.shape[2])))
+            past.append((torch.cat(ks), torch.cat(vs)))
+        self._batch_kv = (list(batch), past)
+        return past
+
+    def release(self, m: Middle) -> None:
+        """Drop what a retired middle holds (the cache keeps what is worth keeping)."""
+        m.ctx_kv = None
+        if self._batch_kv is not None and any(x is m for x in self._batch_kv[0]):
+            self._batch_kv = None
+
+    # ---- one sampler step ------------------------------------------------------------------------------------
+    def commit(self, m: Middle, logits: torch.Tensor) -> str | None:
+        """Apply one denoising step. -> the new streaming draft when the request streams and it changed."""
+        req, tok = m.req, self.tok
+        threshold = req.threshold if req.threshold is not None else self.config.threshold
+        steps_left = None if req.steps is None else req.steps - m.steps
+        gen = None
+        if req.temperature > 0:
+            gen = torch.Generator().manual_seed(zlib.crc32(f"{req.id}:{m.steps}".encode()))
+        m.slots, _ = sampler.denoise_step(
+            m.slots, logits, mask_id=tok.mask_id, threshold=threshold,
+            min_commit=sampler.min_commit_for(logits.shape[0], steps_left), temperature=req.temperature,
+            generator=gen, eom_id=tok.eom_id, eom_threshold=self.config.eom_threshold)
+        m.steps += 1
+        m.slots, m.ended = sampler.apply_eom(m.slots, tok.eom_id)
+        extra = sampler.needs_extension(m.slots, mask_id=tok.mask_id, ended=m.ended, max_tokens=req.max_tokens)
+        if extra:
+            grow = min(extra, self.config.initial_slots)
+            m.slots = torch.cat([m.slots, torch.full((grow,), tok.mask_id, dtype=torch.long)])
+        if req.stream:
+            draft = tok.decode(sampler.middle_tokens(m.slots, mask_id=tok.mask_id, eom_id=tok.eom_id))
+            if draft != m.last_draft:
+                m.last_draft = draft
+                return draft
+        return None
+
+    # ---- finishing -------------------------------------------------------------------------------------------
+    def finished(self, m: Middle) -> bool:
+        if bool((m.slots == self.tok.mask_id).any()):
+            return False
+        if not self.config.repair or m.repaired_once:
+            return True
+        verdict = m.verdict = self._verdict(m)
+        if verdict.valid is not False or not verdict.error_spans:
+            return True
+        # repair: re-mask the tokens that overlap the error spans (and one token either side), denoise again
+        ids = self._middle_ids(m)
+        hit = repair_positions(self.tok.token_char_spans(ids), verdict.error_spans)
+        m.repaired_once = True
+        if not hit:
+            return True
+        m.repair = "remask"
+        m.verdict = None  # the candidate is about to change
+        m.slots[torch.tensor(hit)] = self.tok.mask_id
+        return False
+
+    def _middle_ids(self, m: Middle) -> list[int]:
+        return sampler.middle_tokens(m.slots, mask_id=self.tok.mask_id, eom_id=self.tok.eom_id)
+
+    def _verdict(self, m: Middle) -> syntax.Verdict:
+        return syntax.check(m.req.language, m.window_prefix, self.tok.decode(self._middle_ids(m)), m.window_suffix)
+
+    def result(self, m: Middle, t0: float) -> InfillResult:
+        ids = self._middle_ids(m)
+        text, valid, repair = self.tok.decode(ids), None, m.repair
+        if self.config.repair:
+            text, valid, repair = settle(m.req.language, m.window_prefix, text, m.window_suffix,
+                                         verdict=m.verdict, keep_original=bool(m.original), repair=m.repair)
+        return InfillResult(id=m.req.id, text=text, valid=valid, tokens=len(ids), forward_passes=m.steps,
+                            ms=round((time.perf_counter() - t0) * 1000, 2), repair=repair,
+                            context_truncated=m.context_truncated)
+
+
+def reference_infill(decoder: Decoder, req: InfillRequest) -> InfillResult:
+    """One request alone, one forward pass after another: the plain loop the batched engine must agree with
+    (tests/test_engine.py). Runs on the calling thread."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        m = Middle(req=req)
+        decoder.admit(m)
+        while not decoder.finished(m):
+            decoder.commit(m, decoder.forward([m])[0])
+        res = decoder.result(m, t0)
+        decoder.release(m)
+    return res
