@@ -134,3 +134,20 @@ async def test_batched_requests_give_the_same_answers_as_alone(shipped_engine):
     alone = [(await shipped_engine.infill(r)).text for r in reqs]
     together = [r.text for r in await asyncio.gather(*(shipped_engine.infill(r) for r in reqs))]
     assert together == alone
+
+
+async def test_the_batched_engine_agrees_with_the_single_request_reference_loop(shipped_engine):
+    """Requests of different lengths, budgets and thresholds denoised together (jobs join and leave the batch
+    at different passes) give what each gives alone in the plain loop of fim_server.decoder."""
+    from fim_server.decoder import Decoder, reference_infill
+
+    prompts = ["import sys\n\nprint(sys.argv", "def area(w, h):\n    return w * ",
+               "class P:\n    def __init__(self, x, y):\n        self.x = x\n        self.",
+               "for i in range(10):\n    ", "    def get_name(self):\n        return self.", "x = [1, 2, "]
+    reqs = [req(f"ref{i}", prefix=p, suffix="\n", language="python", max_tokens=8 + 8 * (i % 3),
+                threshold=(0.6, 0.8, 0.95)[i % 3]) for i, p in enumerate(prompts)]
+    reference = Decoder(shipped_engine.model, shipped_engine.tok, config=shipped_engine.config)
+    alone = [reference_infill(reference, r) for r in reqs]
+    together = await asyncio.gather(*(shipped_engine.infill(r) for r in reqs))
+    assert [(r.text, r.tokens, r.forward_passes, r.valid) for r in together] == \
+        [(r.text, r.tokens, r.forward_passes, r.valid) for r in alone]
