@@ -9,7 +9,7 @@ Objective, per example (a window of one source file cut into prefix | middle | s
 - next-token loss on the causal context (weight `ar_weight`): the context is an ordinary causal LM, and
   training it as one is nearly free.
 
-`--objective ar` trains the autoregressive baseline instead (fim_server/ar.py): the same transformer, the
+`--objective ar` trains the autoregressive baseline instead (fim_server/train/ar.py): the same transformer, the
 same examples and token stream, the middle written after the context as `middle <eom>` and every position
 trained with next-token loss under a plain causal mask; exported with `model_type: diffill-fim-ar`.
 
