@@ -1,9 +1,12 @@
 """Where completions come from: the in-process engine, or a `diffill serve` over its websocket protocol.
 
 Both take a `fim_server.shared.protocol.InfillRequest` and return an `InfillResult` (and an `EditRequest` ->
-`EditResult` for multi-line edits); cancelling the awaiting task cancels the request in the engine
-(in-process: `job.cancel()`; remote: a `cancel` message).
-The remote backend reconnects on the next request after the server goes away.
+`EditResult` for multi-line edits). Cancelling the awaiting task cancels the request in the engine
+(in-process: the engine does it; remote: a `cancel` message); a request the engine cancelled raises
+`asyncio.CancelledError`. A request that cannot be answered raises a `DiffillError`: `BackendError` when
+the engine is not loaded, the server is unreachable, or the server answered an error (its code kept).
+The remote backend speaks only through `fim_server.shared.protocol`'s codec (every request field is
+forwarded; `update` messages are ignored) and reconnects on the next request after the server goes away.
 """
 
 from __future__ import annotations
@@ -13,23 +16,35 @@ import contextlib
 import itertools
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
+from fim_server.shared.errors import BackendError, Cancelled, ProtocolError, RequestError
 from fim_server.shared.paths import DEFAULT_MODEL
-from fim_server.shared.protocol import EditRequest, EditResult, InfillRequest, InfillResult, RegionResult
+from fim_server.shared.protocol import (
+    MAX_MESSAGE_BYTES,
+    CancelledReply,
+    CancelRequest,
+    EditRequest,
+    EditResult,
+    ErrorReply,
+    InfillRequest,
+    InfillResult,
+    Update,
+    parse_server_message,
+    request_message,
+)
+
+__all__ = ["BackendError", "EmbeddedBackend", "RemoteBackend"]
 
 log = logging.getLogger("diffill.lsp")
-
-
-class BackendError(Exception):
-    """The backend could not answer (not loaded, server unreachable, engine error)."""
 
 
 class EmbeddedBackend:
     def __init__(self, model: str | None, device: str = "cpu"):
         self.model, self.device = model, device
         self._engine = None
-        self._ready: asyncio.Task | None = None
+        self._ready: asyncio.Future | None = None
         self.name = "embedded"
 
     def start(self) -> None:
@@ -38,7 +53,7 @@ class EmbeddedBackend:
         if self._ready is None:
             self._ready = asyncio.ensure_future(asyncio.to_thread(self._load))
 
-    def _load(self):
+    def _load(self) -> None:
         from fim_server.engine import Engine  # torch is imported here, in the loader thread
 
         path = Path(self.model) if self.model else DEFAULT_MODEL
@@ -47,36 +62,37 @@ class EmbeddedBackend:
         log.info("engine loaded: %s on %s", path, self.device)
 
     async def infill(self, req: InfillRequest) -> InfillResult:
-        await self._loaded()
-        return await self._run(self._engine.submit(req))
+        engine = await self._loaded()
+        return await _result(engine.submit(req))
 
     async def edit(self, req: EditRequest) -> EditResult:
-        await self._loaded()
+        engine = await self._loaded()
         try:
-            job = self._engine.submit_edit(req)
-        except self._engine.RequestError as e:
-            raise BackendError(str(e)) from e
-        return await self._run(job)
+            job = engine.submit_edit(req)
+        except RequestError as e:
+            raise BackendError(str(e), code=e.code, id=req.id) from e
+        return await _result(job)
 
-    async def _loaded(self) -> None:
+    async def _loaded(self):
         self.start()
         try:
             await asyncio.shield(self._ready)
         except Exception as e:
             raise BackendError(f"engine failed to load: {e}") from e
-
-    async def _run(self, job):
-        try:
-            return await job.result()
-        except asyncio.CancelledError:
-            job.cancel()
-            raise
-        except self._engine.Cancelled as e:
-            raise asyncio.CancelledError() from e
+        return self._engine
 
     async def close(self) -> None:
+        if self._ready is not None:
+            await asyncio.wait([self._ready])  # a load under way finishes first, else its engine would leak
         if self._engine is not None:
-            self._engine.close()
+            await self._engine.aclose()
+
+
+async def _result(job):
+    try:
+        return await job.result()  # cancelling this task cancels the job (the engine sees to it)
+    except Cancelled as e:
+        raise asyncio.CancelledError() from e
 
 
 class RemoteBackend:
@@ -85,7 +101,7 @@ class RemoteBackend:
         self.name = url
         self._ws = None
         self._reader: asyncio.Task | None = None
-        self._waiting: dict[str, asyncio.Future] = {}
+        self._waiting: dict[str, asyncio.Future] = {}  # wire id -> its final reply
         self._ids = itertools.count()
         self._lock = asyncio.Lock()
 
@@ -94,12 +110,13 @@ class RemoteBackend:
 
     async def _connect(self):
         from websockets.asyncio.client import connect
+        from websockets.exceptions import WebSocketException
 
         async with self._lock:
             if self._ws is None:
                 try:
                     self._ws = await asyncio.wait_for(connect(self.url, max_size=None), 5)
-                except (OSError, asyncio.TimeoutError) as e:
+                except (OSError, asyncio.TimeoutError, WebSocketException) as e:
                     raise BackendError(f"cannot reach {self.url}: {e}") from e
                 self._reader = asyncio.ensure_future(self._read(self._ws))
         return self._ws
@@ -107,11 +124,18 @@ class RemoteBackend:
     async def _read(self, ws) -> None:
         try:
             async for raw in ws:
-                msg = json.loads(raw)
-                fut = self._waiting.get(msg.get("id"))
-                if fut is not None and not fut.done() and \
-                        msg.get("type") in ("result", "edit_result", "cancelled", "error"):
-                    fut.set_result(msg)
+                try:
+                    reply = parse_server_message(raw)
+                except ProtocolError as e:
+                    log.warning("%s: %s", self.url, e)
+                    continue
+                if isinstance(reply, Update):
+                    continue  # a draft; only the final answer matters here
+                fut = self._waiting.get(reply.id)
+                if fut is not None and not fut.done():
+                    fut.set_result(reply)
+                elif isinstance(reply, ErrorReply):
+                    log.info("%s: an error for no request waiting: %s: %s", self.url, reply.code, reply.message)
         except Exception as e:  # connection lost: fail everything waiting, reconnect next time
             log.warning("connection to %s lost: %s", self.url, e)
         finally:
@@ -121,53 +145,40 @@ class RemoteBackend:
                     fut.set_exception(BackendError(f"connection to {self.url} lost"))
 
     async def infill(self, req: InfillRequest) -> InfillResult:
-        body = {"type": "infill", "prefix": req.prefix, "suffix": req.suffix, "language": req.language,
-                "max_tokens": req.max_tokens, "stream": False}
-        msg = await self._ask(req, body)
-        return InfillResult(id=req.id, text=msg["text"], valid=msg["valid"], tokens=msg["tokens"],
-                            forward_passes=msg["forward_passes"], ms=msg["ms"], repair=msg.get("repair"),
-                            context_truncated=msg.get("context_truncated", False))
+        return await self._ask(req)
 
     async def edit(self, req: EditRequest) -> EditResult:
-        body = {"type": "edit", "text": req.text, "language": req.language,
-                "regions": [{"start": r.start, "end": r.end, "mode": r.mode, "max_tokens": r.max_tokens}
-                            for r in req.regions]}
-        if req.revise_threshold is not None:
-            body["revise_threshold"] = req.revise_threshold
-        msg = await self._ask(req, body)
-        regions = tuple(RegionResult(start=g["start"], end=g["end"], text=g["text"], changed=g["changed"],
-                                     valid=g["valid"], tokens=g["tokens"], repair=g.get("repair"),
-                                     remasked=g.get("remasked")) for g in msg["regions"])
-        return EditResult(id=req.id, regions=regions, errors_before=msg["errors_before"],
-                          errors_after=msg["errors_after"], forward_passes=msg["forward_passes"], ms=msg["ms"],
-                          context_truncated=msg.get("context_truncated", False))
+        return await self._ask(req)
 
-    async def _ask(self, req: InfillRequest | EditRequest, body: dict) -> dict:
-        """Send one request, wait for its final message (a cancel goes out if the waiting task is cancelled)."""
-        ws = await self._connect()
+    async def _ask(self, req):
+        """Send one request, wait for its final reply (a cancel goes out if the waiting task is cancelled).
+        On the wire the id gets a per-connection suffix, so two requests with the same id never clash."""
         rid = f"{req.id}-{next(self._ids)}"
+        body = json.dumps(request_message(replace(req, id=rid)))
+        if len(body) > MAX_MESSAGE_BYTES:  # the server would answer an error it could not tie to this request
+            raise BackendError(f"request of {len(body)} characters is over the {MAX_MESSAGE_BYTES} cap",
+                               code="too_large", id=req.id)
+        ws = await self._connect()
         fut = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
-        body = {**body, "id": rid}
-        for k in ("steps", "threshold"):
-            if getattr(req, k) is not None:
-                body[k] = getattr(req, k)
         try:
-            await ws.send(json.dumps(body))
-            msg = await fut
+            await ws.send(body)
+            reply = await fut
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await ws.send(json.dumps({"type": "cancel", "id": rid}))
+                await ws.send(json.dumps(request_message(CancelRequest(rid))))
             raise
-        except Exception as e:
-            raise BackendError(str(e)) from e
+        except BackendError:
+            raise
+        except Exception as e:  # the connection closed under send
+            raise BackendError(f"connection to {self.url} lost: {e}", id=req.id) from e
         finally:
             self._waiting.pop(rid, None)
-        if msg["type"] == "cancelled":
+        if isinstance(reply, CancelledReply):
             raise asyncio.CancelledError()
-        if msg["type"] == "error":
-            raise BackendError(f"{msg['code']}: {msg['message']}")
-        return msg
+        if isinstance(reply, ErrorReply):
+            raise BackendError(reply.message, code=reply.code, id=req.id)
+        return replace(reply, id=req.id)
 
     async def close(self) -> None:
         if self._ws is not None:

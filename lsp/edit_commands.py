@@ -7,9 +7,12 @@ Commands (one argument object each; positions in the negotiated encoding):
 - `diffill.lsp.completeBlock` `{uri, position}`: the body of the innermost block around the position.
 A command computes the edit, then sends ONE `workspace/applyEdit` (a versioned TextDocumentEdit holding every
 TextEdit: one undo step) and answers `{applied, edits, message}`. Nothing is applied when there is nothing
-to do, the engine fails, no valid edit came, or the document changed meanwhile; the message says which.
+to do, no valid edit came, or the document changed meanwhile; the message says which. When the engine fails
+the answer is a JSON-RPC error (lsp/errors.py: InvalidParams for a request it cannot serve as asked, e.g. a
+range too long to rewrite; InternalError otherwise), so the editor shows why.
 `diffill/inlineEdit` `{textDocument, position, range?, kind?, all?}` answers the same edits without applying
-them (`{edits: [{range, text, textDocument: {uri, version}}]}`), for clients that preview them.
+them (`{edits: [{range, text, textDocument: {uri, version}}]}`), for clients that preview them; it fails
+the same way.
 Every edit leaves the file with no more tree-sitter syntax errors than it had, and text outside the edited
 spans is untouched (lsp/edits.py plans the spans; fim_server's edit request does the joint denoising).
 """
@@ -25,8 +28,8 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.workspace import TextDocument
 
+from fim_server.shared.errors import DiffillError
 from fim_server.shared.protocol import EditRequest
-from lsp.backend import BackendError
 from lsp.documents import get_document, language_of, offset_of
 from lsp.edits import (
     HOLE_MARKER,
@@ -39,6 +42,7 @@ from lsp.edits import (
     plan_rewrite,
     text_edits,
 )
+from lsp.errors import to_jsonrpc
 
 log = logging.getLogger("diffill.lsp")
 
@@ -110,7 +114,7 @@ class Computed:
 
 
 async def compute(ls, command: str, args: Any) -> Computed:
-    """The command's edits, not applied. Raises EditPlanError (nothing to do) or BackendError."""
+    """The command's edits, not applied. Raises EditPlanError (nothing to do) or a DiffillError (the backend's)."""
     doc, uri, language, plan = make_plan(ls, command, args)
     version, source, s = doc.version, doc.source, ls.settings
     # positions are computed on the text the edit was planned on: the user may type while the engine works
@@ -138,9 +142,9 @@ async def execute(ls, command: str, args: tuple) -> dict:
         c = await compute(ls, command, args[0])
     except EditPlanError as e:
         return {"applied": False, "edits": 0, "message": f"Diffill: {e}"}
-    except BackendError as e:
-        log.error("%s failed: %s", command, e)
-        return {"applied": False, "edits": 0, "message": f"Diffill: the engine failed: {e}"}
+    except DiffillError as e:
+        log.error("%s failed: %s: %s", command, e.code, e)
+        raise to_jsonrpc(e) from e
     doc, uri, version, edits = c.doc, c.uri, c.version, c.edits
     if not edits:
         return {"applied": False, "edits": 0, "message": f"{c.label}: no valid edit, the file is unchanged"}
@@ -200,9 +204,12 @@ def register_edit_features(server) -> None:
                 args["ranges"] = [rng]
         try:
             c = await compute(ls, _KINDS[kind], args)
-        except (EditPlanError, BackendError) as e:
+        except EditPlanError as e:
             log.info("inline edit: %s", e)
             return {"edits": []}
+        except DiffillError as e:
+            log.error("inline edit failed: %s: %s", e.code, e)
+            raise to_jsonrpc(e) from e
         return {"edits": [{"range": _range_dict(e.range), "text": e.new_text,
                            "textDocument": {"uri": uri, "version": c.version}} for e in c.edits]}
 

@@ -242,13 +242,10 @@ async def scripted_session(tiny_model, tokenizer, answer: str):
     applied paths tested whatever the shipped model would write. -> (client, close)."""
     from pytest_lsp import make_test_lsp_client
 
-    from fim_server.engine import Engine, EngineConfig
     from fim_server.server import ServerConfig, start_server
-    from tests.test_engine import script_logits
+    from tests.fakes import scripted_engine, text_script
 
-    engine = Engine(tiny_model, tokenizer, name="scripted", config=EngineConfig())
-    ids = tokenizer.encode(answer)
-    script_logits(engine, lambda k: ids[k] if k < len(ids) else tokenizer.eom_id)
+    engine = scripted_engine(tokenizer, text_script(tokenizer, answer))
     srv = await start_server(engine, ServerConfig(port=0))
     client = make_test_lsp_client()
     client.applied = []
@@ -372,3 +369,28 @@ async def test_typing_during_an_edit_keeps_positions_on_the_planned_text_and_app
     ls = fake_server(HOLES)
     res = await execute(ls, FILL_HOLES, ({"uri": URI},))
     assert res["applied"] is False and "changed while" in res["message"] and ls.applied == []
+
+
+class FailingBackend:
+    def __init__(self, error):
+        self.error = error
+
+    async def edit(self, req):
+        raise self.error
+
+
+async def test_an_engine_failure_in_a_command_is_a_jsonrpc_error_that_says_why():
+    from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
+
+    from fim_server.shared.errors import BackendError, EngineError
+    from lsp.edit_commands import FILL_HOLES, execute
+
+    ls = fake_server(HOLES)
+    ls.backend = FailingBackend(BackendError("region 0..900 has 500 tokens; 'revise' takes at most 384",
+                                             code="bad_field"))
+    with pytest.raises(JsonRpcInvalidParams, match="has 500 tokens"):  # the user can pick a shorter range
+        await execute(ls, FILL_HOLES, ({"uri": URI},))
+    ls.backend = FailingBackend(EngineError("out of memory"))
+    with pytest.raises(JsonRpcInternalError, match="out of memory"):
+        await execute(ls, FILL_HOLES, ({"uri": URI},))
+    assert ls.applied == []
