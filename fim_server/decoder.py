@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fim_server import sampler
-from fim_server.context import ContextCache, build_context
+from fim_server.context import Context, ContextCache, build_context
 from fim_server.finalize import repair_positions, settle
 from fim_server.model import KV, FIMDiffusionModel, context_slot_mask
 from fim_server.shared import syntax
@@ -47,6 +47,9 @@ class DecodeConfig:
     # this: below even odds, the model would more likely write something else there.
     revise_threshold: float = 0.5
     revise_groups: int = 4  # scoring pass: token j is masked in row j % groups, so each sees 3/4 of the rest
+    # token healing (fim_server.context.heal_count): "off", "whitespace" or "token"; see bench/RESULTS.md for
+    # what each does to HumanEval-infilling pass@1
+    heal: str = "whitespace"
 
 
 @dataclass(eq=False)
@@ -71,6 +74,8 @@ class Middle:
     revise_threshold: float | None = None  # "revise" regions: keep the token count, re-mask unlikely tokens
     original_ids: list[int] = field(default_factory=list)
     remasked: int | None = None
+    heal: str = ""  # the prefix's last characters, moved into the middle (its text must start with them)
+    heal_tokens: int = 0  # how many prefix tokens `heal` was
 
 
 class Decoder:
@@ -84,9 +89,9 @@ class Decoder:
         self._batch_kv: tuple[list[Middle], KV] | None = None  # see _batched_context
 
     # ---- admission ---------------------------------------------------------------------------------------
-    def build_context(self, prefix: str, suffix: str, max_tokens: int) -> tuple[list[int], bool, str, str]:
+    def build_context(self, prefix: str, suffix: str, max_tokens: int, heal: str = "off") -> Context:
         return build_context(self.tok, prefix, suffix, max_tokens, self.model.cfg.max_seq_len,
-                             self.config.suffix_share)
+                             self.config.suffix_share, heal)
 
     def region(self, edit: EditRequest, i: int) -> Middle:
         """A middle for region i of an edit (not admitted yet): its context is the document around it (the
@@ -109,14 +114,20 @@ class Decoder:
     def admit(self, m: Middle) -> int:
         """Context and first slots. -> forward passes spent (1 for a revise middle's scoring pass, else 0)."""
         req = m.req
-        m.ctx_ids, m.context_truncated, m.window_prefix, m.window_suffix = self.build_context(
-            req.prefix, req.suffix, req.max_tokens)
+        revise = m.revise_threshold is not None
+        ctx = self.build_context(req.prefix, req.suffix, req.max_tokens, "off" if revise else self.config.heal)
+        m.ctx_ids, m.context_truncated, m.window_prefix, m.window_suffix, m.heal = ctx
+        m.heal_tokens = len(self.tok.encode(m.heal)) if m.heal else 0
         m.ctx_kv, m.cached_tokens = self.cache.prefill(m.ctx_ids)
-        if m.revise_threshold is not None:
+        if revise:
             m.slots = self._revise_slots(m)
             return 1
-        m.slots = torch.full((min(self.config.initial_slots, req.max_tokens),), self.tok.mask_id, dtype=torch.long)
+        m.slots = torch.full((min(self.config.initial_slots, self._budget(m)),), self.tok.mask_id, dtype=torch.long)
         return 0
+
+    def _budget(self, m: Middle) -> int:
+        """Slots the middle may grow to: the request's tokens, plus those of the healed prefix end."""
+        return m.req.max_tokens + m.heal_tokens
 
     def _revise_slots(self, m: Middle) -> torch.Tensor:
         """The region's own tokens + a committed <eom>, with the tokens the model finds unlikely re-masked.
@@ -179,6 +190,8 @@ class Decoder:
             part = logits[off: off + n]
             if m.revise_threshold is not None:
                 part[:, tok.eom_id] = float("-inf")  # a revised region keeps its token count
+            if m.heal:
+                self._constrain_heal(m, part)
             out.append(part)
             off += n
         return out
@@ -200,6 +213,28 @@ class Decoder:
         self._batch_kv = (list(batch), past)
         return past
 
+    # ---- token healing -------------------------------------------------------------------------------------
+    def _lead(self, m: Middle) -> str:
+        """Text of the middle's leading committed tokens (up to its first masked slot or <eom>)."""
+        return self.tok.decode(self._middle_ids(m))
+
+    def _heal_rest(self, m: Middle) -> str:
+        """The part of `m.heal` the middle's leading committed tokens do not cover yet ("" once covered)."""
+        lead = self._lead(m)
+        return m.heal[len(lead):] if len(lead) < len(m.heal) else ""
+
+    def _constrain_heal(self, m: Middle, logits: torch.Tensor) -> None:
+        """Row 0 of `logits` is the middle's first masked slot. While the healed text is not covered, that slot
+        may only hold a token compatible with the rest of it (never <eom>); right after it, <eom> is banned
+        until some text follows, so a whole-line middle cannot collapse to empty."""
+        if logits.shape[0] == 0 or m.slots[0] == self.tok.eom_id:
+            return
+        rest = self._heal_rest(m)
+        if rest:
+            logits[0, torch.from_numpy(~self.tok.compatible_ids(rest))] = float("-inf")
+        elif self._lead(m) == m.heal:
+            logits[0, self.tok.eom_id] = float("-inf")
+
     def release(self, m: Middle) -> None:
         """Drop what a retired middle holds (the cache keeps what is worth keeping)."""
         m.ctx_kv = None
@@ -215,18 +250,24 @@ class Decoder:
         gen = None
         if req.temperature > 0:
             gen = torch.Generator().manual_seed(zlib.crc32(f"{req.id}:{m.steps}".encode()))
-        m.slots, _ = sampler.denoise_step(
-            m.slots, logits, mask_id=tok.mask_id, threshold=threshold,
-            min_commit=sampler.min_commit_for(logits.shape[0], steps_left), temperature=req.temperature,
-            generator=gen, eom_id=tok.eom_id, eom_threshold=self.config.eom_threshold)
+        if m.heal and self._heal_rest(m):
+            # the healed text comes first, left to right: only the first masked slot (its row 0) commits now
+            token, _ = sampler.propose(logits[:1], req.temperature, gen)
+            m.slots = m.slots.clone()
+            m.slots[int((m.slots == tok.mask_id).nonzero()[0, 0])] = token[0]
+        else:
+            m.slots, _ = sampler.denoise_step(
+                m.slots, logits, mask_id=tok.mask_id, threshold=threshold,
+                min_commit=sampler.min_commit_for(logits.shape[0], steps_left), temperature=req.temperature,
+                generator=gen, eom_id=tok.eom_id, eom_threshold=self.config.eom_threshold)
         m.steps += 1
         m.slots, m.ended = sampler.apply_eom(m.slots, tok.eom_id)
-        extra = sampler.needs_extension(m.slots, mask_id=tok.mask_id, ended=m.ended, max_tokens=req.max_tokens)
+        extra = sampler.needs_extension(m.slots, mask_id=tok.mask_id, ended=m.ended, max_tokens=self._budget(m))
         if extra:
             grow = min(extra, self.config.initial_slots)
             m.slots = torch.cat([m.slots, torch.full((grow,), tok.mask_id, dtype=torch.long)])
         if req.stream:
-            draft = tok.decode(sampler.middle_tokens(m.slots, mask_id=tok.mask_id, eom_id=tok.eom_id))
+            draft = self._lead(m)[len(m.heal):]
             if draft != m.last_draft:
                 m.last_draft = draft
                 return draft
@@ -264,6 +305,8 @@ class Decoder:
         if self.config.repair:
             text, valid, repair = settle(m.req.language, m.window_prefix, text, m.window_suffix,
                                          verdict=m.verdict, keep_original=bool(m.original), repair=m.repair)
+        # the healed characters are the user's own (the prefix's end): the answer is what follows them
+        text = text[len(m.heal):] if text.startswith(m.heal) else ""
         return InfillResult(id=m.req.id, text=text, valid=valid, tokens=len(ids), forward_passes=m.steps,
                             ms=round((time.perf_counter() - t0) * 1000, 2), repair=repair,
                             context_truncated=m.context_truncated)

@@ -140,9 +140,9 @@ class Engine:
             raise ValueError(f"{path}: tokenizer has {tok.vocab_size} ids, model only {model.cfg.vocab_size}")
         return cls(model, tok, name=path.resolve().name, device=device, config=config)
 
-    def build_context(self, prefix: str, suffix: str, max_tokens: int) -> tuple[list[int], bool, str, str]:
+    def build_context(self, prefix: str, suffix: str, max_tokens: int, heal: str = "off"):
         """See fim_server.context.build_context, with this engine's tokenizer, window and suffix share."""
-        return self.decoder.build_context(prefix, suffix, max_tokens)
+        return self.decoder.build_context(prefix, suffix, max_tokens, heal)
 
     # ---- public API (event-loop side) ---------------------------------------------------------------
     def submit(self, req: InfillRequest, on_update: Callable[[str], None] | None = None) -> Job:

@@ -12,8 +12,10 @@ encoded as that special token; they are chosen to be rare in real code.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import cached_property, lru_cache
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -66,6 +68,29 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tk.decode([i for i in ids if i not in self.special_ids], skip_special_tokens=False)
+
+    # ---- the vocabulary as text, for token healing (fim_server/context.py) ----------------------------------
+    @cached_property
+    def texts(self) -> tuple[str, ...]:
+        """Each id's text; "" for special tokens and for byte pieces that are not whole characters."""
+        out = []
+        for i in range(self.vocab_size):
+            t = "" if i in self.special_ids else self._tk.decode([i])
+            out.append("" if "\ufffd" in t else t)
+        return tuple(out)
+
+    @cached_property
+    def extendable_ids(self) -> frozenset[int]:
+        """Ids whose text is a proper prefix of another token's text: a cut right after one of them may fall
+        inside what the tokenizer would have merged into a longer token."""
+        order = sorted((t, i) for i, t in enumerate(self.texts) if t)
+        return frozenset(i for (t, i), (nxt, _) in zip(order, order[1:]) if nxt.startswith(t) and nxt != t)
+
+    @lru_cache(maxsize=256)  # noqa: B019 - one tokenizer per process; the keys are short heal strings
+    def compatible_ids(self, text: str) -> np.ndarray:
+        """Bool (V,): tokens that can start `text` or start with it (t.startswith(text) or text.startswith(t)):
+        the tokens a middle whose text must begin with `text` may have in its next slot."""
+        return np.array([bool(t) and (t.startswith(text) or text.startswith(t)) for t in self.texts])
 
     def token_char_spans(self, ids: Sequence[int]) -> list[tuple[int, int]]:
         """(start, end) character offsets of each token in decode(ids); specials have empty spans.

@@ -151,7 +151,7 @@ async def test_cancelling_an_edit_cancels_every_region(tokenizer):
         await job.result()
     assert eng.idle.wait(5)  # no region goes on denoising
     passes = eng.stats["denoise_passes"]
-    assert (await eng.infill(InfillRequest("after", "x = ", "\n", max_tokens=4))).id == "after"
+    assert (await eng.infill(InfillRequest("after", "x =", "\n", max_tokens=4))).id == "after"
     assert eng.stats["denoise_passes"] - passes == 4  # only the new request's passes
     eng.close()
 

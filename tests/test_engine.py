@@ -9,7 +9,7 @@ from fim_server.shared.protocol import InfillRequest
 from tests.fakes import scripted_engine
 
 
-def req(i="r", prefix="def f(x):\n    return ", suffix="\n", **kw):
+def req(i="r", prefix="def f(x):\n    return x +", suffix="\n", **kw):
     return InfillRequest(id=i, prefix=prefix, suffix=suffix, **kw)
 
 
@@ -98,7 +98,7 @@ async def test_huge_prefix_is_truncated_nearest_the_cursor(shipped_engine):
     prefix = "x = 1\n" * 900_000 + "def add(a, b):\n    return a"  # ~5 MB
     r = await shipped_engine.infill(req("big", prefix=prefix, suffix="\n", language="python"))
     assert r.context_truncated
-    ids, truncated, p_win, _ = shipped_engine.build_context(prefix, "\n", 64)
+    ids, truncated, p_win, _, _ = shipped_engine.build_context(prefix, "\n", 64)
     assert truncated and p_win.endswith("def add(a, b):\n    return a")
     assert len(ids) <= shipped_engine.model.cfg.max_seq_len
 
@@ -151,3 +151,41 @@ async def test_the_batched_engine_agrees_with_the_single_request_reference_loop(
     together = await asyncio.gather(*(shipped_engine.infill(r) for r in reqs))
     assert [(r.text, r.tokens, r.forward_passes, r.valid) for r in together] == \
         [(r.text, r.tokens, r.forward_passes, r.valid) for r in alone]
+
+
+# ---- token healing ---------------------------------------------------------------------------------------------
+def test_a_prefix_ending_in_a_newline_and_indentation_moves_them_into_the_middle(tokenizer):
+    from fim_server.context import build_context
+
+    prefix = "def f(x):\n    y = x\n    "
+    ctx = build_context(tokenizer, prefix, "\n", 24, 1024, heal="whitespace")
+    assert ctx.heal == "\n    " and ctx.prefix == "def f(x):\n    y = x"
+    assert tokenizer.decode(ctx.ids) == "\n" + "def f(x):\n    y = x"  # suffix, then the prefix without them
+    assert build_context(tokenizer, prefix, "\n", 24, 1024, heal="off").heal == ""
+    # a last token nothing extends is never moved; "token" mode also moves a "." a longer token extends
+    assert build_context(tokenizer, "x = self", "\n", 24, 1024, heal="token").heal == ""
+    assert build_context(tokenizer, "x = self.", "\n", 24, 1024, heal="token").heal == "."
+    assert build_context(tokenizer, "x = self.", "\n", 24, 1024, heal="whitespace").heal == ""
+
+
+async def test_a_healed_middle_starts_with_the_moved_text_and_answers_what_follows(make_engine, tokenizer):
+    nl_indent, ret = tokenizer.encode("\n   ")[0], tokenizer.encode(" return")[0]
+    assert tokenizer.texts[nl_indent] == "\n   " and tokenizer.texts[ret] == " return"
+    script = {0: nl_indent, 1: ret}
+    eng = make_engine(lambda k: script.get(k, tokenizer.eom_id))
+    r = await eng.infill(req(prefix="def f(x):\n", suffix="\n", max_tokens=8))
+    assert r.text == "    return"  # "\n   " + " return", less the "\n" that was the prefix's
+
+
+async def test_a_healed_middle_cannot_end_before_some_text(make_engine, tokenizer):
+    nl = tokenizer.encode("\n")[0]
+    eng = make_engine(lambda k: nl if k == 0 else tokenizer.eom_id)  # "\n" then <eom>: an empty answer
+    r = await eng.infill(req(prefix="def f(x):\n", suffix="\n", max_tokens=8))
+    assert r.text != ""  # <eom> is banned right after the healed text, so something else was written
+
+
+async def test_the_shipped_model_writes_a_whole_masked_line(shipped_engine):
+    prefix = "def add(a, b):\n    total = a + b\n"
+    r = await shipped_engine.infill(req("line", prefix=prefix, suffix="\n\nprint(add(1, 2))\n",
+                                        language="python", max_tokens=24))
+    assert r.text.strip() and r.text.startswith("    ") and r.valid is True

@@ -76,7 +76,7 @@ class ARDecoder:
 
     def _infill(self, req: InfillRequest) -> InfillResult:
         t0 = time.perf_counter()
-        ctx, truncated, p_win, s_win = build_context(self.tok, req.prefix, req.suffix, req.max_tokens,
+        ctx, truncated, p_win, s_win, _ = build_context(self.tok, req.prefix, req.suffix, req.max_tokens,
                                                      self.model.cfg.max_seq_len)
         ids, passes = generate(self.model, self.tok, ctx, req.max_tokens)
         text, valid, repair = settle(req.language, p_win, self.tok.decode(ids), s_win)
