@@ -95,12 +95,17 @@ def cmd_serve(a: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from fim_server.server import ServerConfig, serve
+    from fim_server.server import ServerConfig, check_exposure, serve
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    engine = _load_engine(a)
     cfg = ServerConfig(host=a.host, port=a.port, allowed_origins=tuple(a.allow_origin), token=a.token,
-                       max_in_flight=a.max_in_flight)
+                       max_in_flight=a.max_in_flight, insecure_no_token=a.insecure_no_token)
+    try:
+        check_exposure(cfg)  # before loading the model: a refused start is immediate
+    except ValueError as e:
+        print(f"diffill serve: {e}", file=sys.stderr)
+        return 2
+    engine = _load_engine(a)
     try:
         import uvloop  # Linux/macOS; the plain asyncio loop elsewhere
 
@@ -139,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="browser origin allowed to connect (repeatable); browsers are refused by default")
-    s.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (or ?token=)")
+    s.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' (or ?token=); needed to "
+                   "listen beyond loopback")
+    s.add_argument("--insecure-no-token", action="store_true",
+                   help="listen beyond loopback without a token (anyone who reaches the port can use it)")
     s.add_argument("--max-in-flight", type=int, default=16, help="concurrent requests per connection")
     _engine_args(s)
     sub.add_parser("train", help="train a model (see `diffill train --help`)", add_help=False)

@@ -12,8 +12,10 @@ Contract:
   forward pass. A failure is the failing job's own: the others in its batch go on.
 - `await engine.aclose()` never blocks the event loop; `engine.close()` is the blocking form for sync code.
 - One worker thread runs every forward pass, so event loops never block on the model. Each iteration it
-  admits new jobs (prefill), then makes ONE batched denoising pass over the middles of up to `max_batch`
-  active jobs: concurrent requests share forward passes. Jobs beyond the batch go first next time.
+  admits waiting middles (prefill) while fewer than `max_active` are admitted, then makes ONE batched
+  denoising pass over up to `max_batch` of them: concurrent requests share forward passes. Admission and
+  batches take owners (connections) in turn (fim_server/scheduler.py), so one client's heavy edits neither
+  starve another's ghost text nor grow the engine's memory past `max_active` contexts.
 - Edits: several regions of one document regenerated jointly. Each region is a middle whose context is the
   document around it; an edit's middles are admitted together and share every batched pass, so k regions
   cost about as many passes as the slowest one, not the sum. A region that had text is never trimmed: if
@@ -40,6 +42,7 @@ import torch
 
 from fim_server.decoder import DecodeConfig, Decoder, Middle
 from fim_server.model import FIMDiffusionModel
+from fim_server.scheduler import FairScheduler
 from fim_server.shared import syntax
 from fim_server.shared.errors import Cancelled, EngineError, RequestError
 from fim_server.shared.protocol import EditRequest, EditResult, InfillRequest, InfillResult, RegionResult
@@ -56,6 +59,11 @@ class EngineConfig(DecodeConfig):
 
     cache_entries: int = 8  # cached contexts (~6 MB each for the default model at 512 tokens)
     max_batch: int = 16  # middles denoised together in one pass
+    # middles admitted (prefilled, holding their context's keys/values) at once: bounds the engine's memory
+    # at about max_active x 12 MB (a full 1000-token window of the default model); the rest wait their turn
+    max_active: int = 32
+    # prefill time one worker iteration may spend admitting while admitted middles wait for their next pass
+    admit_budget_s: float = 0.05
     threads: int | None = None  # torch CPU threads (None: all cores)
     # int8 dynamic quantisation of the Linear layers on CPU: ~1.5x faster passes on 2 cores, but off by
     # default because activation scales are computed per forward pass, so a context prefilled whole and one
@@ -74,6 +82,7 @@ class _Request:
     t0: float
     on_update: Callable[[str], None] | None = None
     edit: EditRequest | None = None
+    owner: object = None  # whom the scheduler is fair between (a connection); None: the request itself
     results: list[InfillResult | None] = field(default_factory=list)
     passes: int = 0  # batched passes any of its middles took part in (scoring passes included)
     cancelled: bool = False  # set from any thread; read by the worker before each pass
@@ -145,14 +154,16 @@ class Engine:
         return self.decoder.build_context(prefix, suffix, max_tokens, heal)
 
     # ---- public API (event-loop side) ---------------------------------------------------------------
-    def submit(self, req: InfillRequest, on_update: Callable[[str], None] | None = None) -> Job:
-        return self._submit([Middle(req=req)], req.id, on_update=on_update if req.stream else None)
+    def submit(self, req: InfillRequest, on_update: Callable[[str], None] | None = None, *,
+               owner: object = None) -> Job:
+        """`owner`: whom to be fair between (the server passes its connection); None: this request alone."""
+        return self._submit([Middle(req=req)], req.id, on_update=on_update if req.stream else None, owner=owner)
 
-    def submit_edit(self, req: EditRequest) -> Job:
+    def submit_edit(self, req: EditRequest, *, owner: object = None) -> Job:
         """Regenerate `req.regions` of `req.text` jointly (see the module docstring). Raises RequestError at
         once for a region that cannot be served (too long to revise)."""
         middles = [self.decoder.region(req, i) for i in range(len(req.regions))]
-        return self._submit(middles, req.id, edit=req)
+        return self._submit(middles, req.id, edit=req, owner=owner)
 
     async def infill(self, req: InfillRequest) -> InfillResult:
         return await self.submit(req).result()
@@ -160,10 +171,11 @@ class Engine:
     async def edit(self, req: EditRequest) -> EditResult:
         return await self.submit_edit(req).result()
 
-    def _submit(self, middles: list[Middle], rid: str, *, on_update=None, edit: EditRequest | None = None) -> Job:
+    def _submit(self, middles: list[Middle], rid: str, *, on_update=None, edit: EditRequest | None = None,
+                owner: object = None) -> Job:
         loop = asyncio.get_running_loop()
         request = _Request(loop=loop, future=loop.create_future(), middles=middles, t0=time.perf_counter(),
-                           on_update=on_update, edit=edit, results=[None] * len(middles))
+                           on_update=on_update, edit=edit, results=[None] * len(middles), owner=owner)
         # the caller gave up (its task was cancelled, or wait_for timed out): no pass is spent on it any more
         request.future.add_done_callback(lambda f: f.cancelled() and setattr(request, "cancelled", True))
         with self._lock:
@@ -206,42 +218,63 @@ class Engine:
             self._loop()
 
     def _loop(self) -> None:
-        active: list[_Part] = []
+        sched: FairScheduler[_Part] = FairScheduler(self.config.max_batch, self.config.max_active)
         while True:
             closing = False
             try:
-                if not active:
+                if sched.empty():
                     self.idle.set()
-                incoming = [self._queue.get()] if not active else []
+                    _release_memory()
+                incoming = [self._queue.get()] if sched.empty() else []
                 while True:
                     try:
                         incoming.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
                 closing = _CLOSE in incoming
-                for request in incoming:
-                    if request is not _CLOSE:
-                        active += self._admit(request)
+                for r in incoming:
+                    if r is not _CLOSE:
+                        owner = r if r.owner is None else r.owner
+                        sched.add(owner, [_Part(r, i, m) for i, m in enumerate(r.middles)])
                 if closing:
-                    for p in active:
-                        self._retire(p.request, exc=Cancelled("the engine closed", id=p.middle.req.id))
+                    for p in sched.parts():
+                        self._retire(p.request, exc=Cancelled("the engine closed", id=_rid(p.request)))
                     self.idle.set()
                     return
-                active = [p for p in active if p.pending and self._alive(p.request)]
-                if not active:
-                    continue
-                batch = active[: self.config.max_batch]
-                self._advance(batch)
-                # fairness: middles beyond max_batch go first next time
-                active = [p for p in active[len(batch):] + batch if p.pending]
+                sched.prune(lambda p: p.pending and self._alive(p.request))
+                self._admit_some(sched)
+                if sched.n_active:
+                    self._advance(sched.batch())
+                sched.prune(lambda p: p.pending)
             except Exception as e:  # a bug here must not spin: everything in flight ends with the error
                 log.exception("engine worker error")
-                for p in active:
+                for p in sched.parts():
                     self._retire(p.request, exc=EngineError(f"engine error: {type(e).__name__}: {e}"))
-                active = []
+                sched = FairScheduler(self.config.max_batch, self.config.max_active)
                 if closing:
                     self.idle.set()
                     return
+
+    def _admit_some(self, sched: FairScheduler[_Part]) -> None:
+        """Prefill waiting requests, owners in turn, while there is room; once `admit_budget_s` is spent, the
+        admitted middles get their pass first. A request's middles are admitted together."""
+        t0 = time.perf_counter()
+        for group in sched.admissions():
+            for p in group:
+                if not (p.pending and self._alive(p.request)):
+                    continue
+                m = p.middle
+                try:
+                    p.request.passes += self.decoder.admit(m)
+                    if m.revise_threshold is not None and self.decoder.finished(m):
+                        self._part_done(p.request, p.index, m)  # the model found nothing to change there
+                    else:
+                        sched.activate(p.request if p.request.owner is None else p.request.owner, p)
+                except Exception as e:  # a bad request must not take the worker down
+                    log.exception("admitting %s failed", m.req.id)
+                    self._retire(p.request, exc=_as_error(e, m.req.id))
+            if sched.n_active and time.perf_counter() - t0 > self.config.admit_budget_s:
+                break
 
     def _alive(self, request: _Request) -> bool:
         """False for a request that has ended or must end now (cancelled, or its event loop is gone)."""
@@ -251,24 +284,6 @@ class Engine:
             self._retire(request, exc=Cancelled(f"request {_rid(request)} was cancelled", id=_rid(request)))
             return False
         return True
-
-    def _admit(self, request: _Request) -> list[_Part]:
-        """Prefill every middle of a new request. -> its parts still to denoise."""
-        if not self._alive(request):
-            return []
-        parts = []
-        for i, m in enumerate(request.middles):
-            try:
-                request.passes += self.decoder.admit(m)
-                if m.revise_threshold is not None and self.decoder.finished(m):
-                    self._part_done(request, i, m)  # the model found nothing to change in a revised region
-                else:
-                    parts.append(_Part(request, i, m))
-            except Exception as e:  # a bad request must not take the worker down
-                log.exception("admitting %s failed", m.req.id)
-                self._retire(request, exc=_as_error(e, m.req.id))
-                return []
-        return parts
 
     def _advance(self, batch: list[_Part]) -> None:
         """One batched pass over `batch`, then one sampler step for each; a failure is its own part's."""
@@ -352,6 +367,24 @@ def compose_edit(req: EditRequest, middles: list[Middle], outs: list[InfillResul
     return EditResult(id=req.id, regions=tuple(regions), errors_before=before, errors_after=after,
                       forward_passes=passes, ms=round((time.perf_counter() - t0) * 1000, 2),
                       context_truncated=any(o.context_truncated for o in outs))
+
+
+def _release_memory() -> None:
+    """Give freed heap back to the OS when the worker goes idle (glibc keeps it otherwise: after a burst of
+    large edits the process stayed ~1 GB above its baseline). Linux/glibc only; elsewhere nothing."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def _rid(request: _Request) -> str:

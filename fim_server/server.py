@@ -7,9 +7,10 @@ connection or disturbs its other requests. Messages to the client leave through 
 connection, so a request's streaming `update`s always precede its `result`. When a connection closes, its
 unfinished requests are cancelled. Plain HTTP `GET /healthz` answers 200 with the model and device.
 
-Security: binds 127.0.0.1 by default. A browser page always sends an Origin header; such a connection is
-refused (403) unless its origin was allowed, so a web page cannot drive a local server. Optional bearer
-token (header `Authorization: Bearer T` or query `?token=T`); /healthz stays open.
+Security: binds 127.0.0.1 by default; any other address needs a token (or an explicit insecure flag).
+A browser page always sends an Origin header; such a connection is refused (403) unless its origin was
+allowed, so a web page cannot drive a local server. Optional bearer token (header `Authorization: Bearer T`
+or query `?token=T`); /healthz stays open.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import ipaddress
 import json
 import logging
 import signal
@@ -42,6 +44,7 @@ from fim_server.shared.protocol import (
     error_message,
     parse_client_message,
     result_message,
+    size_over,
     update_message,
 )
 
@@ -56,6 +59,28 @@ class ServerConfig:
     token: str | None = None
     max_message_bytes: int = MAX_MESSAGE_BYTES  # larger messages get a "too_large" error
     max_in_flight: int = 16  # per connection
+    insecure_no_token: bool = False  # allow a non-loopback host without a token (logged as a warning)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: ServerConfig) -> None:
+    """Refuse to listen beyond this machine without a token: anyone who can reach the port would get
+    completions and send code through the model. `insecure_no_token` overrides it, with a warning."""
+    if is_loopback(config.host) or config.token is not None:
+        return
+    if not config.insecure_no_token:
+        raise ValueError(f"refusing to listen on {config.host} without a token: anyone who can reach it could "
+                         "use the model and send it code. Give --token TOKEN (clients send 'Authorization: "
+                         "Bearer TOKEN'), or --insecure-no-token if the network is trusted.")
+    log.warning("listening on %s with no token: anyone who can reach this port can use the server", config.host)
 
 
 def _json_response(connection: ServerConnection, status: HTTPStatus, body: dict):
@@ -108,8 +133,8 @@ class _Connection:
         """One message from the client. A request's job exists in the engine before the next message is
         read, so a `cancel` right behind its request (even in the same TCP segment) finds it."""
         try:
-            if len(raw) > self.config.max_message_bytes:
-                raise ProtocolError("too_large", f"message of {len(raw)} bytes is over the "
+            if (size := size_over(raw, self.config.max_message_bytes)) is not None:
+                raise ProtocolError("too_large", f"message of {size} bytes is over the "
                                     f"{self.config.max_message_bytes}-byte cap")
             msg = parse_client_message(raw)
             if isinstance(msg, CancelRequest):
@@ -124,12 +149,12 @@ class _Connection:
                 raise ProtocolError("too_many_in_flight",
                                     f"{self.config.max_in_flight} requests already in flight", msg.id)
             if isinstance(msg, EditRequest):
-                job = self.engine.submit_edit(msg)
+                job = self.engine.submit_edit(msg, owner=self)
             else:
                 on_update = None
                 if msg.stream:
                     on_update = functools.partial(self._send_update, msg.id)
-                job = self.engine.submit(msg, on_update=on_update)
+                job = self.engine.submit(msg, on_update=on_update, owner=self)
             self.jobs[msg.id] = job
             task = asyncio.create_task(self.answer(msg.id, job))
             self.tasks.add(task)
@@ -179,7 +204,9 @@ async def _handler(ws: ServerConnection, engine, config: ServerConfig) -> None:
 
 
 async def start_server(engine, config: ServerConfig = ServerConfig()) -> Server:
-    """Listening server; `server.sockets[0].getsockname()[1]` is the port (use port 0 in tests)."""
+    """Listening server; `server.sockets[0].getsockname()[1]` is the port (use port 0 in tests). Raises
+    ValueError for a non-loopback host without a token (see `check_exposure`)."""
+    check_exposure(config)
     return await ws_serve(
         lambda ws: _handler(ws, engine, config), config.host, config.port,
         process_request=_make_process_request(engine, config),

@@ -36,3 +36,8 @@ def test_split_at_is_one_based_in_characters():
     assert split_at("ab\ncd🎉e\n", 2, 4) == ("ab\ncd🎉", "e\n")
     with pytest.raises(ValueError):
         split_at("x", 1, 3)
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_a_token():
+    r = run_cli("serve", "--host", "0.0.0.0", "--port", "0")
+    assert r.returncode == 2 and "--token" in r.stderr and "--insecure-no-token" in r.stderr

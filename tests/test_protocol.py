@@ -44,3 +44,40 @@ def test_bad_inputs_get_precise_codes_and_keep_the_id():
     assert code_of({"type": "infill", "id": "a", "prefix": "", "stream": "yes"}) == ("bad_field", "a")
     assert code_of({"type": "infill", "id": "", "prefix": ""}) == ("bad_field", None)
     assert code_of({"type": "infill", "id": 7, "prefix": ""}) == ("bad_field", None)
+
+
+# ---- hostile input: every one is a clear error with its code, never a crash or a close --------------------------
+@pytest.mark.parametrize("raw, code", [
+    ('{"type": "infill", "id": "a", "prefix": "x", "temperature": 1' + "0" * 400 + "}", "bad_field"),
+    ('{"type": "infill", "id": "a", "prefix": "x", "max_tokens": ' + "9" * 5000 + "}", "bad_json"),
+    ('{"type": "infill", "id": "a", "prefix": "x", "temperature": NaN}', "bad_json"),
+    ('{"type": "infill", "id": "a", "prefix": "x", "threshold": Infinity}', "bad_json"),
+    ('{"type": "infill", "id": "a", "prefix": "x\\ud800y"}', "bad_field"),
+    ('{"type": "edit", "id": "a", "text": "ab\\udfff", "regions": [{"start": 0, "end": 1}]}', "bad_field"),
+])
+def test_numbers_past_range_and_invalid_unicode_are_refused_with_a_code(raw, code):
+    with pytest.raises(ProtocolError) as e:
+        parse_client_message(raw)
+    assert e.value.code == code
+
+
+def test_the_size_cap_counts_utf8_bytes_not_characters():
+    from fim_server.shared.protocol import size_over
+
+    assert size_over("é" * 600, 1000) == 1200  # 600 characters, 1200 bytes: over a 1000-byte cap
+    assert size_over("e" * 600, 1000) is None
+    assert size_over(b"x" * 1001, 1000) == 1001
+
+
+def test_the_client_codec_round_trips_every_request():
+    import json
+
+    from fim_server.shared.protocol import EditRegion, EditRequest, request_message
+
+    reqs = [InfillRequest("a", "x = ", "\n", "python", 32, True, 4, 0.7, 0.5),
+            InfillRequest("b", "y", ""),
+            EditRequest("c", "a = \nb = \n", (EditRegion(4, 4), EditRegion(5, 9, "revise", 16)), "python",
+                        steps=3, threshold=0.9, temperature=0.2, revise_threshold=0.4),
+            CancelRequest("d")]
+    for r in reqs:
+        assert parse_client_message(json.dumps(request_message(r))) == r

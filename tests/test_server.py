@@ -204,3 +204,29 @@ async def test_a_cancel_in_the_same_segment_as_its_infill_is_honoured(tokenizer)
         srv.close()
         await srv.wait_closed()
         eng.close()
+
+
+async def test_a_heavy_connection_does_not_starve_another_ones_completion(tokenizer):
+    """One connection holds 16 in-flight edits of 64 holes each (1,024 middles); another asks for one small
+    completion. Admission and batches take connections in turn, so the small one is served within a few
+    passes instead of waiting behind the 1,024."""
+    from tests.fakes import scripted_engine
+
+    eng = scripted_engine(tokenizer, lambda k: 300, confident=False, pass_delay=0.005)  # 1 token a pass, 5 ms
+    srv = await start_server(eng, ServerConfig(port=0))
+    port = srv.sockets[0].getsockname()[1]
+    text = "x = \n" * 64
+    regions = [{"start": 4 + 5 * i, "end": 4 + 5 * i, "max_tokens": 64} for i in range(64)]
+    try:
+        async with connect(f"ws://127.0.0.1:{port}") as heavy, connect(f"ws://127.0.0.1:{port}") as light:
+            for i in range(16):
+                await heavy.send(json.dumps({"type": "edit", "id": f"e{i}", "text": text, "regions": regions}))
+            assert await asyncio.to_thread(eng.model.in_pass.wait, 5)  # the edits are being denoised
+            await light.send(json.dumps({"type": "infill", "id": "small", "prefix": "y =", "max_tokens": 4}))
+            (res,) = await recv_until(light, "small")
+            assert res["type"] == "result" and res["tokens"] == 4
+            assert res["ms"] < 1000  # FIFO behind 1,024 middles took ~1.6 s here at 5 ms a pass
+    finally:
+        srv.close()
+        await srv.wait_closed()
+        eng.close()

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from fim_server.shared.errors import DiffillError, ProtocolError
 
 PROTOCOL_VERSION = 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # a 1 MB file fits even with every character JSON-escaped
 MAX_TOKENS_LIMIT = 512
 MAX_STEPS_LIMIT = 1024
 MAX_ID_CHARS = 128
 MAX_REGIONS = 64  # regions in one edit request
+MAX_WIRE_INT = 2**53  # integers beyond this are out of range for every field (and not exact as JSON numbers)
 EDIT_MODES = ("fill", "revise")
 
 
@@ -114,7 +117,26 @@ def _field(msg: dict, name: str, types: tuple[type, ...], rid: str | None, *, re
     if isinstance(v, bool) and bool not in types or not isinstance(v, types):
         want = " or ".join(t.__name__ for t in types)
         raise ProtocolError("bad_field", f"field {name!r} must be {want}, got {type(v).__name__}", rid)
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_WIRE_INT:
+        raise ProtocolError("bad_field", f"field {name!r} is out of range", rid)
+    if isinstance(v, str) and _SURROGATE.search(v):
+        raise ProtocolError("bad_field", f"field {name!r} holds a lone surrogate (\\ud800-\\udfff): not valid "
+                            "Unicode text", rid)
     return v
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def size_over(raw: str | bytes, cap: int) -> int | None:
+    """The message's size in UTF-8 bytes when it is over `cap` bytes, else None (a short text, at most 4
+    bytes a character, is not encoded to find out)."""
+    if isinstance(raw, str):
+        if len(raw) * 4 <= cap:
+            return None
+        raw = raw.encode("utf-8", "surrogatepass")
+    return len(raw) if len(raw) > cap else None
 
 
 def parse_client_message(raw: str | bytes) -> InfillRequest | EditRequest | CancelRequest:
@@ -124,8 +146,8 @@ def parse_client_message(raw: str | bytes) -> InfillRequest | EditRequest | Canc
         except UnicodeDecodeError as e:
             raise ProtocolError("bad_utf8", f"message is not valid UTF-8 ({e.reason} at byte {e.start})") from None
     try:
-        msg = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as e:
+        msg = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, NaN/Infinity, ints of thousands of digits
         raise ProtocolError("bad_json", f"message is not JSON: {e}") from None
     if not isinstance(msg, dict):
         raise ProtocolError("bad_json", "message must be a JSON object")
