@@ -76,6 +76,12 @@ class Middle:
     remasked: int | None = None
     heal: str = ""  # the prefix's last characters, moved into the middle (its text must start with them)
     heal_tokens: int = 0  # how many prefix tokens `heal` was
+    logprob: float = 0.0  # sum of log p of each token when it was committed (candidates are ranked by it)
+    scored: int = 0  # tokens in `logprob`
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.logprob / self.scored if self.scored else float("-inf")
 
 
 class Decoder:
@@ -250,16 +256,23 @@ class Decoder:
         gen = None
         if req.temperature > 0:
             gen = torch.Generator().manual_seed(zlib.crc32(f"{req.id}:{m.steps}".encode()))
+        masked = (m.slots == tok.mask_id).nonzero()[:, 0]  # the slot of each logits row
         if m.heal and self._heal_rest(m):
             # the healed text comes first, left to right: only the first masked slot (its row 0) commits now
             token, _ = sampler.propose(logits[:1], req.temperature, gen)
             m.slots = m.slots.clone()
-            m.slots[int((m.slots == tok.mask_id).nonzero()[0, 0])] = token[0]
+            m.slots[int(masked[0])] = token[0]
         else:
             m.slots, _ = sampler.denoise_step(
                 m.slots, logits, mask_id=tok.mask_id, threshold=threshold,
                 min_commit=sampler.min_commit_for(logits.shape[0], steps_left), temperature=req.temperature,
                 generator=gen, eom_id=tok.eom_id, eom_threshold=self.config.eom_threshold)
+        new = m.slots[masked]  # (N,) what each row's slot holds now
+        done = new != tok.mask_id
+        if bool(done.any()):  # the model's own likelihood of what it committed
+            lp = torch.log_softmax(logits[done], dim=-1).gather(-1, new[done][:, None])
+            m.logprob += float(lp.sum())
+            m.scored += int(done.sum())
         m.steps += 1
         m.slots, m.ended = sampler.apply_eom(m.slots, tok.eom_id)
         extra = sampler.needs_extension(m.slots, mask_id=tok.mask_id, ended=m.ended, max_tokens=self._budget(m))

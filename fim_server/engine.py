@@ -35,7 +35,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -64,6 +64,9 @@ class EngineConfig(DecodeConfig):
     max_active: int = 32
     # prefill time one worker iteration may spend admitting while admitted middles wait for their next pass
     admit_budget_s: float = 0.05
+    # `candidates: k`: the first candidate is decoded as asked, the others sampled at this temperature (at
+    # least), so they differ; bench/RESULTS.md has what k buys
+    candidate_temperature: float = 0.7
     threads: int | None = None  # torch CPU threads (None: all cores)
     # int8 dynamic quantisation of the Linear layers on CPU: ~1.5x faster passes on 2 cores, but off by
     # default because activation scales are computed per forward pass, so a context prefilled whole and one
@@ -83,6 +86,7 @@ class _Request:
     on_update: Callable[[str], None] | None = None
     edit: EditRequest | None = None
     owner: object = None  # whom the scheduler is fair between (a connection); None: the request itself
+    candidates: bool = False  # an infill's middles are candidates for one answer (`candidates: k`)
     results: list[InfillResult | None] = field(default_factory=list)
     passes: int = 0  # batched passes any of its middles took part in (scoring passes included)
     cancelled: bool = False  # set from any thread; read by the worker before each pass
@@ -156,8 +160,16 @@ class Engine:
     # ---- public API (event-loop side) ---------------------------------------------------------------
     def submit(self, req: InfillRequest, on_update: Callable[[str], None] | None = None, *,
                owner: object = None) -> Job:
-        """`owner`: whom to be fair between (the server passes its connection); None: this request alone."""
-        return self._submit([Middle(req=req)], req.id, on_update=on_update if req.stream else None, owner=owner)
+        """`owner`: whom to be fair between (the server passes its connection); None: this request alone.
+        With `req.candidates` > 1, that many middles are denoised together and the best answers (see
+        `best_candidate`); streaming updates are then not sent."""
+        if req.candidates <= 1:
+            return self._submit([Middle(req=req)], req.id, on_update=on_update if req.stream else None,
+                                owner=owner)
+        sampled = max(req.temperature, self.config.candidate_temperature)
+        middles = [Middle(req=req if i == 0 else replace(req, id=f"{req.id}#{i}", temperature=sampled))
+                   for i in range(req.candidates)]
+        return self._submit(middles, req.id, owner=owner, candidates=True)
 
     def submit_edit(self, req: EditRequest, *, owner: object = None) -> Job:
         """Regenerate `req.regions` of `req.text` jointly (see the module docstring). Raises RequestError at
@@ -172,10 +184,11 @@ class Engine:
         return await self.submit_edit(req).result()
 
     def _submit(self, middles: list[Middle], rid: str, *, on_update=None, edit: EditRequest | None = None,
-                owner: object = None) -> Job:
+                owner: object = None, candidates: bool = False) -> Job:
         loop = asyncio.get_running_loop()
         request = _Request(loop=loop, future=loop.create_future(), middles=middles, t0=time.perf_counter(),
-                           on_update=on_update, edit=edit, results=[None] * len(middles), owner=owner)
+                           on_update=on_update, edit=edit, results=[None] * len(middles), owner=owner,
+                           candidates=candidates)
         # the caller gave up (its task was cancelled, or wait_for timed out): no pass is spent on it any more
         request.future.add_done_callback(lambda f: f.cancelled() and setattr(request, "cancelled", True))
         with self._lock:
@@ -317,11 +330,14 @@ class Engine:
         self.decoder.release(m)
         if any(r is None for r in request.results):
             return
-        if request.edit is None:
-            self._retire(request, result=request.results[0])
+        if request.edit is not None:
+            result = compose_edit(request.edit, request.middles, request.results, request.passes, request.t0)
+        elif request.candidates:
+            best = best_candidate(request.middles, request.results)
+            result = replace(request.results[best], id=request.middles[0].req.id, forward_passes=request.passes)
         else:
-            self._retire(request, result=compose_edit(request.edit, request.middles, request.results,
-                                                      request.passes, request.t0))
+            result = request.results[0]
+        self._retire(request, result=result)
 
     # ---- the one place a job ends ------------------------------------------------------------------------
     def _retire(self, request: _Request, *, result: object = None, exc: BaseException | None = None) -> None:
@@ -345,6 +361,13 @@ class Engine:
         except RuntimeError:  # the caller's event loop has closed: nobody is waiting any more
             if not request.done:
                 self._retire(request, exc=Cancelled("event loop closed", id=_rid(request)))
+
+
+def best_candidate(middles: list[Middle], outs: list[InfillResult]) -> int:
+    """Index of the candidate to answer: one that parses (or has no grammar), then one with text, then the
+    highest mean log-likelihood the model gave its tokens as it committed them; ties go to the first."""
+    return max(range(len(outs)), key=lambda i: (outs[i].valid is not False, bool(outs[i].text.strip()),
+                                                  middles[i].mean_logprob, -i))
 
 
 def compose_edit(req: EditRequest, middles: list[Middle], outs: list[InfillResult], passes: int,

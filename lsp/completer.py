@@ -95,7 +95,7 @@ class Completer:
         # the last line of a file often has no newline; the model learned files that end with one
         req = InfillRequest(id=f"lsp{next(self._ids)}", prefix=prefix, suffix=suffix or "\n", language=language,
                             max_tokens=s.max_tokens if multiline else s.single_line_max_tokens,
-                            steps=s.steps, threshold=s.threshold)
+                            steps=s.steps, threshold=s.threshold, candidates=s.candidates)
         try:
             if backend is None:
                 raise BackendError("no backend yet: the client has not sent initialized")

@@ -23,6 +23,7 @@ class Settings:
     single_line_max_tokens: int = 24  # mid-line: the rest of the line
     steps: int | None = None
     threshold: float | None = None
+    candidates: int = 1  # test-time compute: candidates denoised together, the most likely valid one shown (1..8)
     revise_threshold: float | None = None  # rewrite: re-mask tokens the model gives less than this (engine: 0.5)
     languages: tuple[str, ...] = ("python", "javascript", "javascriptreact", "typescript", "typescriptreact")
     prefix_chars: int = 4000  # text sent before the cursor (the engine cuts to its token window)
@@ -48,6 +49,8 @@ class Settings:
                 kw[key] = None
             elif isinstance(default, bool) and isinstance(v, bool):
                 kw[key] = v
+            elif key == "candidates" and not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8):
+                log.warning("ignoring setting %s=%r (an integer 1..8)", key, v)
             elif isinstance(default, int) and not isinstance(default, bool) and isinstance(v, int) \
                     and not isinstance(v, bool) and v > 0:
                 kw[key] = v

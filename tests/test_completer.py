@@ -141,13 +141,13 @@ async def test_a_backend_failure_gives_no_completion_not_an_exception(error):
 
 async def test_the_request_carries_the_settings():
     completer, backend = Completer(), FakeBackend("\n    return x")
-    s = Settings(max_tokens=40, single_line_max_tokens=12, steps=7, threshold=0.6)
+    s = Settings(max_tokens=40, single_line_max_tokens=12, steps=7, threshold=0.6).updated({"candidates": 4})
     await complete(completer, backend, settings=s)
     await complete(completer, backend, DEF, AT_DEF, settings=s)
     single, multi = backend.requests
     assert (single.max_tokens, multi.max_tokens) == (12, 40)
     for req in (single, multi):
-        assert (req.steps, req.threshold, req.language) == (7, 0.6, "python")
+        assert (req.steps, req.threshold, req.language, req.candidates) == (7, 0.6, "python", 4)
     assert (single.prefix, single.suffix) == (CALL[:AT_CALL], CALL[AT_CALL:])
 
 

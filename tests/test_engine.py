@@ -1,6 +1,7 @@
 """Engine behaviour: batching, cancellation, cache reuse, extension, truncation, syntax repair."""
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -189,3 +190,29 @@ async def test_the_shipped_model_writes_a_whole_masked_line(shipped_engine):
     r = await shipped_engine.infill(req("line", prefix=prefix, suffix="\n\nprint(add(1, 2))\n",
                                         language="python", max_tokens=24))
     assert r.text.strip() and r.text.startswith("    ") and r.valid is True
+
+
+async def test_candidates_are_denoised_together_and_the_most_likely_valid_one_answers(shipped_engine):
+    r = req("cands", prefix="def area(w, h):\n    return w * ", suffix="\n", language="python", max_tokens=16)
+    one = await shipped_engine.infill(r)
+    before = shipped_engine.stats["denoise_passes"]
+    four = await shipped_engine.infill(replace(r, candidates=4))
+    passes = shipped_engine.stats["denoise_passes"] - before
+    assert four.id == "cands" and four.valid is True and four.text.strip()
+    assert passes == four.forward_passes < 4 * max(1, one.forward_passes) + 4  # shared passes, not 4 runs
+    again = await shipped_engine.infill(replace(r, candidates=4))
+    assert again.text == four.text  # seeded: the same request gives the same answer
+
+
+def test_the_best_candidate_parses_then_has_text_then_is_most_likely():
+    from fim_server.decoder import Middle
+    from fim_server.engine import best_candidate
+    from fim_server.shared.protocol import InfillResult
+
+    def cand(text, valid, logprob):
+        m = Middle(req=req())
+        m.logprob, m.scored = logprob, 1
+        return m, InfillResult("c", text, valid, 1, 1, 1.0)
+
+    pairs = [cand("x)", False, -0.1), cand("", True, -0.2), cand("y", True, -3.0), cand("z", True, -1.0)]
+    assert best_candidate([m for m, _ in pairs], [o for _, o in pairs]) == 3

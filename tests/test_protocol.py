@@ -81,3 +81,10 @@ def test_the_client_codec_round_trips_every_request():
             CancelRequest("d")]
     for r in reqs:
         assert parse_client_message(json.dumps(request_message(r))) == r
+
+
+def test_candidates_is_a_small_positive_integer():
+    assert parse({"type": "infill", "id": "a", "prefix": "x", "candidates": 4}).candidates == 4
+    assert parse({"type": "infill", "id": "a", "prefix": "x"}).candidates == 1
+    for bad in (0, 9, 2.5, True):
+        assert code_of({"type": "infill", "id": "a", "prefix": "x", "candidates": bad}) == ("bad_field", "a")

@@ -25,6 +25,7 @@ MAX_TOKENS_LIMIT = 512
 MAX_STEPS_LIMIT = 1024
 MAX_ID_CHARS = 128
 MAX_REGIONS = 64  # regions in one edit request
+MAX_CANDIDATES = 8  # candidates one infill may ask for
 MAX_WIRE_INT = 2**53  # integers beyond this are out of range for every field (and not exact as JSON numbers)
 EDIT_MODES = ("fill", "revise")
 
@@ -40,6 +41,9 @@ class InfillRequest:
     steps: int | None = None  # cap on denoising passes; None = engine default (as many as needed)
     threshold: float | None = None  # confidence threshold tau in (0, 1]; None = engine default
     temperature: float = 0.0  # 0 = greedy, deterministic
+    # test-time compute: denoise this many candidates together (the first as asked, the others sampled) and
+    # answer the one that parses and the model finds most likely; 1..MAX_CANDIDATES
+    candidates: int = 1
 
 
 @dataclass(frozen=True)
@@ -178,8 +182,12 @@ def parse_client_message(raw: str | bytes) -> InfillRequest | EditRequest | Canc
     suffix = _field(msg, "suffix", (str,), rid, default="")
     max_tokens = _max_tokens(msg, rid)
     stream = _field(msg, "stream", (bool,), rid, default=False)
+    candidates = _field(msg, "candidates", (int,), rid, default=1)
+    if not 1 <= candidates <= MAX_CANDIDATES:
+        raise ProtocolError("bad_field", f"candidates must be 1..{MAX_CANDIDATES}, got {candidates}", rid)
     return InfillRequest(id=rid, prefix=prefix, suffix=suffix, language=language, max_tokens=max_tokens,
-                         stream=stream, steps=steps, threshold=threshold, temperature=float(temperature))
+                         stream=stream, steps=steps, threshold=threshold, temperature=float(temperature),
+                         candidates=candidates)
 
 
 def _probability(msg: dict, name: str, rid: str) -> float | None:
@@ -269,6 +277,8 @@ def request_message(req: InfillRequest | EditRequest | CancelRequest) -> dict:
         msg.update(prefix=req.prefix, suffix=req.suffix, max_tokens=req.max_tokens)
         if req.stream:
             msg["stream"] = True
+        if req.candidates != 1:
+            msg["candidates"] = req.candidates
         optional = ("language", "steps", "threshold")
     for name in optional:
         if getattr(req, name) is not None:
