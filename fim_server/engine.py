@@ -247,8 +247,7 @@ class Engine:
                 closing = _CLOSE in incoming
                 for r in incoming:
                     if r is not _CLOSE:
-                        owner = r if r.owner is None else r.owner
-                        sched.add(owner, [_Part(r, i, m) for i, m in enumerate(r.middles)])
+                        sched.add(_owner(r), [_Part(r, i, m) for i, m in enumerate(r.middles)])
                 if closing:
                     for p in sched.parts():
                         self._retire(p.request, exc=Cancelled("the engine closed", id=_rid(p.request)))
@@ -269,11 +268,18 @@ class Engine:
                     return
 
     def _admit_some(self, sched: FairScheduler[_Part]) -> None:
-        """Prefill waiting requests, owners in turn, while there is room; once `admit_budget_s` is spent, the
-        admitted middles get their pass first. A request's middles are admitted together."""
+        """Prefill waiting middles, owners in turn, while there is room. When middles already admitted are
+        waiting for their next pass, admitting stops once `admit_budget_s` is spent (mid-request if need be:
+        the rest waits for the next iteration), so a heavy edit's prefills delay others' passes by at most
+        about that much. An engine with nothing admitted takes a whole request at once (an edit's regions
+        then share every pass)."""
         t0 = time.perf_counter()
+        others_waiting = sched.n_active > 0
         for group in sched.admissions():
-            for p in group:
+            for k, p in enumerate(group):
+                if others_waiting and time.perf_counter() - t0 > self.config.admit_budget_s:
+                    sched.put_back(_owner(p.request), group[k:])
+                    return
                 if not (p.pending and self._alive(p.request)):
                     continue
                 m = p.middle
@@ -282,12 +288,11 @@ class Engine:
                     if m.revise_threshold is not None and self.decoder.finished(m):
                         self._part_done(p.request, p.index, m)  # the model found nothing to change there
                     else:
-                        sched.activate(p.request if p.request.owner is None else p.request.owner, p)
+                        sched.activate(_owner(p.request), p)
                 except Exception as e:  # a bad request must not take the worker down
                     log.exception("admitting %s failed", m.req.id)
                     self._retire(p.request, exc=_as_error(e, m.req.id))
-            if sched.n_active and time.perf_counter() - t0 > self.config.admit_budget_s:
-                break
+            others_waiting = sched.n_active > 0
 
     def _alive(self, request: _Request) -> bool:
         """False for a request that has ended or must end now (cancelled, or its event loop is gone)."""
@@ -408,6 +413,10 @@ def _release_memory() -> None:
 
 
 _malloc_trim = None
+
+
+def _owner(request: _Request) -> object:
+    return request if request.owner is None else request.owner
 
 
 def _rid(request: _Request) -> str:

@@ -59,7 +59,8 @@ class FairScheduler(Generic[P]):
         take all of it. An owner with nothing admitted gets one middle in even when the room is full (up to
         max_batch over max_active), so a newcomer's completion starts now, not when a heavy edit ends."""
         while self._waiting:
-            owners = list(self._waiting)
+            # owners with nothing admitted first (a newcomer's completion), then in turn
+            owners = sorted(self._waiting, key=lambda o: bool(self._active.get(o)))
             busy = {o for o, v in self._active.items() if v} | set(owners)
             share = max(1, self.max_active // len(busy))
             for owner in owners:
@@ -81,6 +82,11 @@ class FairScheduler(Generic[P]):
             if not q:
                 del self._waiting[owner]
             yield group
+
+    def put_back(self, owner: Any, parts: list[P]) -> None:
+        """Parts of a group the caller did not admit after all: first in their owner's line again."""
+        if parts:
+            self._waiting.setdefault(owner, deque()).appendleft(list(parts))
 
     def activate(self, owner: Any, part: P) -> None:
         self._active.setdefault(owner, []).append((next(self._seq), part))
