@@ -1,7 +1,7 @@
 """`python -m bench SUBCOMMAND [options]`: one entry point for the benchmark programs (each also runs alone).
 
 Subcommands: humaneval-infill, latency (language server and websocket: cold, warm, single- and
-multi-line), typing (the same run, which includes the typing replay), engine, load, frontier, edits,
+multi-line), typing (the same run, which includes the typing replay), engine, load, frontier, edits, faults,
 new-lines.
 `python -m bench SUBCOMMAND --help` lists each one's options. Results land in bench/results/ (see bench/RESULTS.md).
 """
@@ -20,6 +20,7 @@ COMMANDS = {
     "frontier": "bench.frontier",
     "edits": "bench.edit_holes",
     "new-lines": "bench.new_lines",
+    "faults": "bench.faults",
 }
 
 

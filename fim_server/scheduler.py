@@ -11,7 +11,8 @@ Contract:
   each admitted middle holds its context's keys/values, about 12 KB per context token for the default
   model (~12 MB for a full window).
 - `batch()` picks up to `max_batch` admitted parts for one pass, one per owner in turn, so a small request's
-  wait does not grow with another owner's queue; the owner that went first goes last next time.
+  wait does not grow with another owner's queue; the owner that went first goes last next time. Within an
+  owner, its oldest admitted middles go first (they finish, then the next ones get their places).
 - `prune(keep)` drops the parts (waiting or admitted) that have ended.
 """
 
@@ -100,11 +101,8 @@ class FairScheduler(Generic[P]):
                 if taken[o] < len(self._active[o]) and len(chosen) < self.max_batch:
                     chosen.append(self._active[o][taken[o]])
                     taken[o] += 1
-        for o in owners:  # parts that had their turn go to the back of their owner's line
-            k = taken[o]
-            self._active[o] = self._active[o][k:] + self._active[o][:k]
-        if owners:
-            self._active.move_to_end(owners[0])
+        if owners:  # owners take turns; within an owner, its oldest middles keep their places until done,
+            self._active.move_to_end(owners[0])  # so the batch's members (and stacked context) change rarely
         # admission order, so that a batch with the same members is the same batch (its stacked context is reused)
         return [p for _, p in sorted(chosen, key=lambda sp: sp[0])]
 
