@@ -74,13 +74,14 @@ def program(t: dict, completion: str) -> str:
 
 
 async def evaluate(engine, ts: list[dict], max_tokens: int, steps: int | None = None,
-                   threshold: float | None = None) -> dict:
+                   threshold: float | None = None, candidates: int = 1) -> dict:
     from fim_server.shared.protocol import InfillRequest
 
     passed, exact, ms, passes, toks, details = 0, 0, [], 0, 0, []
     for i, t in enumerate(ts):
         r = await engine.infill(InfillRequest(id=str(i), prefix=t["prefix"], suffix=t["suffix"], language="python",
-                                              max_tokens=max_tokens, steps=steps, threshold=threshold))
+                                              max_tokens=max_tokens, steps=steps, threshold=threshold,
+                                              candidates=candidates))
         text = r.text.split("\n", 1)[0] if t["kind"] == "single" else r.text
         outcome = await asyncio.to_thread(run_sandboxed, program(t, text))
         passed += outcome.passed
@@ -114,6 +115,7 @@ def main() -> None:
     ap.add_argument("--multi", default="500", help="multi-line sample size, or 'all'")
     ap.add_argument("--limit", type=int, default=None, help="first N tasks of each kind (smoke runs)")
     ap.add_argument("--sample", type=int, default=None, help="a seeded random sample of N tasks of each kind")
+    ap.add_argument("--candidates", type=int, default=1, help="candidates denoised together per task (1..8)")
     ap.add_argument("--heal", choices=("off", "whitespace", "token"), default=None,
                     help="the engine's token healing (default: the engine's own default)")
     ap.add_argument("--model", type=Path, default=ROOT / "fim_server" / "models" / "default")
@@ -127,12 +129,14 @@ def main() -> None:
         ts = tasks(kind, probs, a.multi)[: a.limit]
         if a.sample is not None and a.sample < len(ts):
             ts = random.Random(0).sample(ts, a.sample)
-        res[kind] = asyncio.run(evaluate(engine, ts, max_tokens=32 if kind == "single" else 96))
+        res[kind] = asyncio.run(evaluate(engine, ts, max_tokens=32 if kind == "single" else 96,
+                                         candidates=a.candidates))
         print(kind, json.dumps(res[kind]), flush=True)
     engine.close()
     res["model"] = str(a.model.name)
     res["heal"] = a.heal or engine.config.heal if hasattr(engine, "config") else None
     res["sample"] = a.sample
+    res["candidates"] = a.candidates
     res["model_type"] = json.loads((a.model / "config.json").read_text()).get("model_type")
     res["wall_s"] = round(time.time() - t0, 1)
     write_results(res, a.out, "humaneval_infill.py")

@@ -66,3 +66,13 @@ def test_edit_holes_smoke(tmp_path):
     two = res["k"]["2"]
     assert two["same_text_as_separate"] == "2/2"  # joint denoising gives each hole what it gets alone
     assert two["joint"]["passes_mean"] < two["separate"]["passes_mean"]  # and shares the passes
+
+
+def test_fault_campaign_finds_no_deaf_dead_or_lost(tmp_path):
+    res = run_bench("faults.py", tmp_path / "faults.json", "--quick")
+    m = res["malformed"]
+    assert m["coded_errors"] == m["kinds"] and m["deaf"] == 0 and m["crashes"] == 0 and m["answers_after"]
+    assert res["pipelined_cancels"]["cancelled"] == res["pipelined_cancels"]["sent"]
+    assert res["load_with_cancels"]["answered"] == res["load_with_cancels"]["requests"]
+    assert res["server_alive"]
+    assert res["rss_mb"]["after"] < res["rss_mb"]["before"] + 150  # memory comes back after the abuse
