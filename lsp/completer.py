@@ -2,19 +2,26 @@
 
 Contract: `await Completer().complete(uri, source, offset, language, settings, backend)` -> the text to
 insert at `offset` (a str index into `source`), or None for nothing. It never raises for a backend failure
-or a cancellation: both give None and a log line, so an editor never shows an error popup for a completion.
+or for being superseded: both give None (and a log line for a failure), so an editor never shows an error
+popup for a completion. Only a cancellation by the client ($/cancelRequest) propagates, so the server answers
+RequestCancelled as LSP asks.
 Per document it keeps two things, both dropped by `forget(uri)` (the server calls it on didClose):
 - the task of its newest request: a newer request for the document cancels it (superseded: the user has
   moved on; clients like Neovim never cancel), and the older one answers None;
 - the last suggestion shown: while the user types its first characters (and nothing else changed around
   the cursor) the rest of it is answered at once, without the backend.
 The prefix window (`window_start`) stays put while the user types, so the engine's context cache hits.
+Line breaks: the engine sees LF only (`to_lf`): the model learned LF text, and a CRLF document's `\\r`s
+changed its answers (the same program got other suggestions, or none, with CRLF). The answer comes back in
+the document's own line break, so a CRLF user gets what an LF user gets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import weakref
 from dataclasses import dataclass
 from itertools import count
 
@@ -27,6 +34,15 @@ log = logging.getLogger("diffill.lsp")
 
 WINDOW_STEP = 1024  # characters
 NEAR = 256  # characters either side of the cursor that must be unchanged to type through a suggestion
+_BREAK = re.compile(r"\r\n?|\n")  # LSP's line breaks
+
+
+def to_lf(source: str, offset: int) -> tuple[str, int, str]:
+    """-> (`source` with every line break as \\n, `offset` in it, the document's line break (its first one)
+    to put back into an answer)."""
+    if "\r" not in source:
+        return source, offset, "\n"
+    return _BREAK.sub("\n", source), len(_BREAK.sub("\n", source[:offset])), _BREAK.search(source).group()
 
 
 def window_start(source: str, offset: int, chars: int) -> int:
@@ -53,11 +69,13 @@ class Completer:
         self.in_flight: dict[str, asyncio.Task] = {}  # uri -> the task of its newest request
         self.shown: dict[str, Shown] = {}  # uri -> the last suggestion shown, for typing through it
         self._ids = count()
+        self._superseded: weakref.WeakSet[asyncio.Task] = weakref.WeakSet()  # cancelled by us, not the client
 
     def forget(self, uri: str) -> None:
         """The document is closed: cancel its request in flight and drop what was kept for it."""
         task = self.in_flight.pop(uri, None)
         if task is not None:
+            self._superseded.add(task)
             task.cancel()
         self.shown.pop(uri, None)
 
@@ -78,6 +96,12 @@ class Completer:
     async def complete(self, uri: str, source: str, offset: int, language: str | None, settings: Settings,
                        backend) -> str | None:
         """`backend`: anything with `async infill(InfillRequest) -> InfillResult` (lsp/backend.py)."""
+        source, offset, line_break = to_lf(source, offset)
+        text = await self._complete(uri, source, offset, language, settings, backend)
+        return text if text is None or line_break == "\n" else text.replace("\n", line_break)
+
+    async def _complete(self, uri: str, source: str, offset: int, language: str | None, settings: Settings,
+                        backend) -> str | None:
         s = settings
         if not s.enabled or (language and language not in s.languages):
             return None
@@ -89,6 +113,7 @@ class Completer:
         multiline = wants_multiline(prefix, suffix, language)
         previous = self.in_flight.get(uri)
         if previous is not None and not previous.done():
+            self._superseded.add(previous)
             previous.cancel()  # superseded
         me = asyncio.current_task()
         self.in_flight[uri] = me
@@ -101,7 +126,9 @@ class Completer:
                 raise BackendError("no backend yet: the client has not sent initialized")
             res = await backend.infill(req)
         except asyncio.CancelledError:
-            return None
+            if me in self._superseded:
+                return None  # a newer request (or closing the document) took its place: answer empty
+            raise  # the client cancelled it ($/cancelRequest): the server answers RequestCancelled
         except DiffillError as e:
             log.error("completion failed: %s: %s", e.code, e)
             return None

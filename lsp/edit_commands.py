@@ -26,11 +26,10 @@ from typing import Any
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
-from pygls.workspace import TextDocument
 
 from fim_server.shared.errors import DiffillError
 from fim_server.shared.protocol import EditRequest
-from lsp.documents import get_document, language_of, offset_of
+from lsp.documents import LspTextDocument, get_document, language_of, offset_of
 from lsp.edits import (
     HOLE_MARKER,
     EditPlanError,
@@ -64,7 +63,10 @@ def _position(obj: Any, what: str) -> types.Position:
     if not (isinstance(line, int) and isinstance(character, int)) or isinstance(line, bool) or \
             isinstance(character, bool):
         raise JsonRpcInvalidParams(f"{what} must be a Position {{line, character}}")
-    return types.Position(line=line, character=character)
+    try:
+        return types.Position(line=line, character=character)
+    except ValueError as e:  # negative, or past 2**31 - 1
+        raise JsonRpcInvalidParams(f"{what}: {e}") from e
 
 
 def _range(obj: Any, what: str) -> types.Range:
@@ -118,7 +120,7 @@ async def compute(ls, command: str, args: Any) -> Computed:
     doc, uri, language, plan = make_plan(ls, command, args)
     version, source, s = doc.version, doc.source, ls.settings
     # positions are computed on the text the edit was planned on: the user may type while the engine works
-    snapshot = TextDocument(uri, source, version=version, position_codec=doc.position_codec)
+    snapshot = LspTextDocument(uri, source, version=version, position_codec=doc.position_codec)
     req = EditRequest(id=f"edit{next(_ids)}", text=plan.text, regions=plan.regions, language=language,
                       steps=s.steps, threshold=s.threshold, revise_threshold=s.revise_threshold)
     res = await ls.backend.edit(req)

@@ -1,5 +1,8 @@
 """The Diffill language server (pygls 2): textDocument/inlineCompletion, with textDocument/completion as a
 fallback for clients without inline completion; multi-line edit commands live in lsp/edit_commands.py.
+A client that advertises `textDocument.inlineCompletion` gets an empty completion list at once: the
+suggestion is its ghost text, and a completion list holding it too would cover it (VS Code's suggest
+widget opens on the trigger characters).
 
 Contract: one engine (in-process by default, or a `diffill serve` given by `--server` / `serverUrl`),
 started at `initialized` so the first completion does not pay for loading it. The handlers here only
@@ -8,6 +11,11 @@ lsp/completer.py's (a newer request for a document supersedes the older one; `$/
 request in the engine; engine failures give an empty answer and a log line). Unknown documents and
 out-of-range positions get JSON-RPC InvalidParams errors. textDocument/didClose drops the completer's state
 for the document (pygls removes the document itself before calling the handler).
+
+Hostile and broken clients: the JSON-RPC and LSP lifecycle rules (every request answered once, errors for
+bad params, requests before initialize or after shutdown, exit codes) are lsp/protocol.py's; reading frames
+(lenient headers, a size cap, resynchronising after a malformed frame) is lsp/framing.py's; stdio and TCP
+(one client per process) are lsp/transport.py's.
 """
 
 from __future__ import annotations
@@ -25,16 +33,22 @@ from lsp.completer import Completer
 from lsp.config import Settings
 from lsp.documents import get_document, language_of, offset_of
 from lsp.edit_commands import register_edit_features
+from lsp.protocol import DiffillProtocol, strict_converter
+from lsp.transport import serve_stdio, serve_tcp
 
 log = logging.getLogger("diffill.lsp")
 
 
 class DiffillServer(LanguageServer):
+    protocol: DiffillProtocol
+
     def __init__(self, settings: Settings):
-        super().__init__("diffill", "0.1.0", text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        super().__init__("diffill", "0.1.0", text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+                         protocol_cls=DiffillProtocol, converter_factory=strict_converter)
         self.settings = settings
         self.backend: EmbeddedBackend | RemoteBackend | None = None
         self.completer = Completer()
+        self.client_shows_ghost_text = False  # set at initialize from the client's capabilities
         self._closing: set[asyncio.Task] = set()  # replaced backends closing (a task needs a reference)
 
     def make_backend(self) -> None:
@@ -49,6 +63,8 @@ class DiffillServer(LanguageServer):
 
 def initialize(ls: DiffillServer, params: types.InitializeParams) -> None:
     ls.settings = ls.settings.updated(params.initialization_options)
+    text_document = params.capabilities.text_document
+    ls.client_shows_ghost_text = text_document is not None and text_document.inline_completion is not None
 
 
 def initialized(ls: DiffillServer, params: types.InitializedParams) -> None:
@@ -84,6 +100,8 @@ async def inline_completion(ls: DiffillServer, params: types.InlineCompletionPar
 
 
 async def completion(ls: DiffillServer, params: types.CompletionParams) -> types.CompletionList:
+    if ls.client_shows_ghost_text:
+        return types.CompletionList(is_incomplete=False, items=[])
     got = await complete_at(ls, params.text_document.uri, params.position)
     if got is None:
         return types.CompletionList(is_incomplete=True, items=[])
@@ -115,9 +133,12 @@ def build(settings: Settings = Settings()) -> DiffillServer:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tcp", action="store_true", help="listen on TCP instead of stdio")
+    p.add_argument("--tcp", action="store_true",
+                   help="listen on TCP instead of stdio, for ONE client: further connections are closed while it "
+                        "is connected, and the process exits when it disconnects (like stdio). No "
+                        "authentication: keep --host on loopback")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=2087)
+    p.add_argument("--port", type=int, default=2087, help="TCP port; 0 picks a free one (logged)")
     p.add_argument("--server", default=None, help="ws://host:port of a `diffill serve` (default: in-process)")
     p.add_argument("--model", default=None, help="model directory for the in-process engine")
     p.add_argument("--device", default="cpu")
@@ -130,10 +151,8 @@ def run(a: argparse.Namespace) -> int:
     logging.getLogger("pygls").setLevel(logging.WARNING)  # pygls logs every message at INFO
     server = build(Settings(server_url=a.server, model=a.model, device=a.device))
     if a.tcp:
-        server.start_tcp(a.host, a.port)
-    else:
-        server.start_io()
-    return 0
+        return serve_tcp(server.protocol, a.host, a.port)
+    return serve_stdio(server.protocol)
 
 
 def main(argv: list[str] | None = None) -> int:
