@@ -1,5 +1,8 @@
 // Diffill for VS Code: starts `diffill lsp` (or a configured command) and lets VS Code's standard inline
-// completion (ghost text) ask it for suggestions. Status bar: on/off, backend, last latency.
+// completion (ghost text) ask it for suggestions: vscode-languageclient ≥ 10 registers LSP 3.18
+// textDocument/inlineCompletion by default (9.x only after registerProposedFeatures()). Accepting them is
+// VS Code's own (Tab, Ctrl+Right for the next word); this extension binds no keys.
+// Status bar: on/off, the server's state (starting / stopped), backend, last latency.
 // Edit commands (fill holes, rewrite/regenerate selection, complete block) send workspace/executeCommand;
 // the server applies the edit itself (workspace/applyEdit, one undo step) and the result is shown.
 import * as vscode from "vscode";
@@ -10,11 +13,21 @@ import {
   LSPErrorCodes,
   ResponseError,
   ServerOptions,
+  State,
 } from "vscode-languageclient/node";
-import { EDIT_COMMANDS, readSettings, resultNotice, serverCommand, serverOptions, statusText } from "./logic";
+import {
+  EDIT_COMMANDS,
+  readSettings,
+  resultNotice,
+  serverCommand,
+  serverOptions,
+  ServerState,
+  statusText,
+} from "./logic";
 
 let client: LanguageClient | undefined;
 let status: vscode.StatusBarItem;
+let server: ServerState = "starting";
 let lastMs: number | null = null;
 
 function settings() {
@@ -24,15 +37,18 @@ function settings() {
 
 function refreshStatus() {
   const s = settings();
-  status.text = statusText(s.enable, s.serverUrl.trim() || "local", lastMs);
-  status.tooltip = "Diffill: click to toggle inline completions";
+  status.text = statusText(s.enable, server, s.serverUrl.trim() || "local", lastMs);
+  status.tooltip =
+    server === "stopped"
+      ? "Diffill: the language server is not running (see the Diffill output); click to toggle"
+      : "Diffill: click to toggle inline completions";
   status.show();
 }
 
 async function startClient(context: vscode.ExtensionContext) {
   const s = settings();
   const { command, args } = serverCommand(s);
-  const server: ServerOptions = { command, args };
+  const serverProcess: ServerOptions = { command, args };
   const clientOptions: LanguageClientOptions = {
     documentSelector: s.languages.map((language) => ({ language })),
     initializationOptions: serverOptions(s),
@@ -43,17 +59,30 @@ async function startClient(context: vscode.ExtensionContext) {
         }
         const t0 = Date.now();
         const result = await next(document, position, ctx, token);
-        lastMs = Date.now() - t0;
-        refreshStatus();
+        // the latency of a suggestion the user sees: not of one superseded or answered empty
+        const shown = Array.isArray(result) ? result.length : (result?.items.length ?? 0);
+        if (shown > 0 && !token.isCancellationRequested) {
+          lastMs = Date.now() - t0;
+          refreshStatus();
+        }
         return result;
       },
     },
   };
   // The edit commands' `when` clauses test `editorLangId in diffill.languages`: the languages this client serves.
   await vscode.commands.executeCommand("setContext", "diffill.languages", s.languages);
-  client = new LanguageClient("diffill", "Diffill", server, clientOptions);
-  await client.start();
+  client = new LanguageClient("diffill", "Diffill", serverProcess, clientOptions);
   context.subscriptions.push({ dispose: () => void client?.stop() });
+  await client.start(); // resolves once the server answered initialize and the providers are registered
+  server = "running";
+  refreshStatus();
+  // after that: a crash ("stopped") and the client's own restart
+  context.subscriptions.push(
+    client.onDidChangeState((e) => {
+      server = e.newState === State.Running ? "running" : e.newState === State.Starting ? "starting" : "stopped";
+      refreshStatus();
+    }),
+  );
 }
 
 /** Run one of EDIT_COMMANDS on the active editor with a cancellable progress notification; show the result. */
@@ -122,6 +151,8 @@ export async function activate(context: vscode.ExtensionContext) {
   try {
     await startClient(context);
   } catch (err) {
+    server = "stopped";
+    refreshStatus();
     void vscode.window.showErrorMessage(`Diffill: could not start the language server: ${err}`);
   }
 }

@@ -44,10 +44,19 @@ export function serverOptions(s: Settings): { diffill: Record<string, unknown> }
   return { diffill: opts };
 }
 
-/** Status bar text: on/off, the model (or remote server) and the last request's latency. */
-export function statusText(enabled: boolean, backend: string, lastMs: number | null): string {
+/** The language server as the status bar tells it: until it has answered `initialize` no suggestion can come. */
+export type ServerState = "starting" | "running" | "stopped";
+
+/** Status bar text: on/off, the server's state, the model (or remote server) and the last request's latency. */
+export function statusText(enabled: boolean, server: ServerState, backend: string, lastMs: number | null): string {
   if (!enabled) {
     return "$(circle-slash) Diffill off";
+  }
+  if (server === "starting") {
+    return "$(loading~spin) Diffill starting";
+  }
+  if (server === "stopped") {
+    return "$(error) Diffill stopped";
   }
   const latency = lastMs === null ? "" : ` ${Math.round(lastMs)} ms`;
   return `$(sparkle) Diffill ${backend}${latency}`;

@@ -38,9 +38,11 @@ test("server options are clamped and empty strings become null", () => {
 });
 
 test("status text shows state, backend and latency", () => {
-  assert.equal(statusText(false, "local", 12), "$(circle-slash) Diffill off");
-  assert.equal(statusText(true, "local", 41.6), "$(sparkle) Diffill local 42 ms");
-  assert.equal(statusText(true, "ws://gpu:8765", null), "$(sparkle) Diffill ws://gpu:8765");
+  assert.equal(statusText(false, "running", "local", 12), "$(circle-slash) Diffill off");
+  assert.equal(statusText(true, "running", "local", 41.6), "$(sparkle) Diffill local 42 ms");
+  assert.equal(statusText(true, "running", "ws://gpu:8765", null), "$(sparkle) Diffill ws://gpu:8765");
+  assert.equal(statusText(true, "starting", "local", null), "$(loading~spin) Diffill starting");
+  assert.equal(statusText(true, "stopped", "local", 12), "$(error) Diffill stopped");
 });
 
 test("settings with wrong types fall back to defaults", () => {
