@@ -85,6 +85,13 @@ def test_ghost_text_is_drawn_and_accepted_in_a_real_neovim(nvim):
     count_marks = "#vim.api.nvim_buf_get_extmarks(0, vim.api.nvim_create_namespace(\"diffill\"), 0, -1, {})"
     marks = remote(sock, "--remote-expr", f"luaeval('{count_marks}')")
     assert shown.strip() and int(marks) >= 1  # ghost text drawn as an extmark
+    # in its own highlight, which a terminal without GUI colours still tells apart from code (italic, grey)
+    hl = "vim.api.nvim_buf_get_extmarks(0, vim.api.nvim_create_namespace(\"diffill\"), 0, -1, {details = true})"
+    group = remote(sock, "--remote-expr", f"luaeval('{hl}[1][4].virt_text[1][2]')")
+    assert group.strip() == "DiffillGhostText"
+    attrs = "vim.api.nvim_get_hl(0, {name = \"DiffillGhostText\", link = false})"
+    assert remote(sock, "--remote-expr", f"luaeval('{attrs}.ctermfg ~= nil and {attrs}.cterm.italic')").strip() \
+        in ("v:true", "true")
     remote(sock, "--remote-send", "<Tab><Esc>:w<CR>")
     assert wait_for(sock, "not vim.bo.modified")
     text = src.read_text()

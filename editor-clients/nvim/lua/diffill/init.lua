@@ -54,10 +54,10 @@ local function render(buf, row, col, text)
   local lines = vim.split(text, "\n", { plain = true })
   local virt_lines = {}
   for i = 2, #lines do
-    virt_lines[#virt_lines + 1] = { { lines[i], "Comment" } }
+    virt_lines[#virt_lines + 1] = { { lines[i], "DiffillGhostText" } }
   end
   vim.api.nvim_buf_set_extmark(buf, ns, row, col, {
-    virt_text = { { lines[1], "Comment" } },
+    virt_text = { { lines[1], "DiffillGhostText" } },
     virt_text_pos = "inline",
     virt_lines = #virt_lines > 0 and virt_lines or nil,
   })
@@ -185,8 +185,21 @@ local function start(buf)
   end
 end
 
+--- The ghost text's highlight, unless the user or a colour scheme set DiffillGhostText: grey and italic, with a
+--- terminal colour (8, "bright black": dark grey in 16- and 256-colour terminals) as well as a GUI one, so a
+--- suggestion never looks like typed code (0.11's default `Comment` sets only a GUI colour).
+local function define_highlight()
+  vim.api.nvim_set_hl(0, "DiffillGhostText", {
+    default = true, fg = "#808080", ctermfg = 8, italic = true, cterm = { italic = true },
+  })
+end
+
 function M.setup(opts)
   M.config = vim.tbl_deep_extend("force", vim.deepcopy(defaults), opts or {})
+  define_highlight()
+  vim.api.nvim_create_autocmd("ColorScheme", {
+    group = vim.api.nvim_create_augroup("diffill_hl", { clear = true }), callback = define_highlight,
+  })
   local group = vim.api.nvim_create_augroup("diffill", { clear = true })
   vim.api.nvim_create_autocmd("FileType", {
     group = group,
