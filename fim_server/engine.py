@@ -124,6 +124,7 @@ class Job:
 EditJob = Job  # an edit's job is a Job whose result is an EditResult
 
 _CLOSE = None  # queue sentinel
+JOINT_ADMISSION = 8  # middles an idle engine admits together regardless of the admission budget
 
 
 class Engine:
@@ -271,15 +272,17 @@ class Engine:
         """Prefill waiting middles, owners in turn, while there is room. When middles already admitted are
         waiting for their next pass, admitting stops once `admit_budget_s` is spent (mid-request if need be:
         the rest waits for the next iteration), so a heavy edit's prefills delay others' passes by at most
-        about that much. An engine with nothing admitted takes a whole request at once (an edit's regions
-        then share every pass)."""
-        t0 = time.perf_counter()
+        about that much. An engine with nothing admitted takes up to JOINT_ADMISSION middles of a request at
+        once whatever the time (a small edit's regions then share every pass)."""
+        t0, admitted = time.perf_counter(), 0
         others_waiting = sched.n_active > 0
         for group in sched.admissions():
             for k, p in enumerate(group):
-                if others_waiting and time.perf_counter() - t0 > self.config.admit_budget_s:
+                if (others_waiting or admitted >= JOINT_ADMISSION) and \
+                        time.perf_counter() - t0 > self.config.admit_budget_s:
                     sched.put_back(_owner(p.request), group[k:])
                     return
+                admitted += 1
                 if not (p.pending and self._alive(p.request)):
                     continue
                 m = p.middle
