@@ -15,6 +15,17 @@ def pct(xs: list[float], q: float) -> float:
     return round(xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))], 2)
 
 
+def context_sizes(engine, contexts: list[tuple[str, str]], max_tokens: int) -> dict:
+    """What the cases send and what the engine keeps of it: mean characters of prefix and suffix, mean
+    context tokens after the engine's cut to its window (`engine.build_context`), and the share cut."""
+    built = [engine.build_context(p, s, max_tokens) for p, s in contexts]
+    n = max(1, len(contexts))
+    return {"prefix_chars_mean": round(sum(len(p) for p, _ in contexts) / n, 1),
+            "suffix_chars_mean": round(sum(len(s) for _, s in contexts) / n, 1),
+            "context_tokens_mean": round(sum(len(b[0]) for b in built) / n, 1),
+            "truncated_share": round(sum(bool(b[1]) for b in built) / n, 3)}
+
+
 def write_results(res: dict, out: Path, script: str) -> None:
     """Add the machine and the exact command to `res`, write it as JSON to `out` and print it."""
     res["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}"

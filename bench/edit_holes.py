@@ -71,13 +71,13 @@ async def run(args) -> dict:
     for k in [int(x) for x in args.ks.split(",")]:
         joint_ms, joint_passes, sep_ms, sep_passes, same, exact = [], [], [], [], 0, 0
         for ci, (text, holes, truths) in enumerate(cases(k, args.n)):
-            eng._cache.clear()
+            eng.clear_cache()
             t = time.perf_counter()
             joint = await eng.edit(EditRequest(f"j{k}.{ci}", text, tuple(EditRegion(h, h, "fill", args.max_tokens)
                                                                           for h in holes), language="python"))
             joint_ms.append((time.perf_counter() - t) * 1000)
             joint_passes.append(joint.forward_passes)
-            eng._cache.clear()
+            eng.clear_cache()
             t = time.perf_counter()
             alone = [await eng.infill(InfillRequest(f"s{k}.{ci}.{i}", text[:h], text[h:], "python",
                                                     args.max_tokens)) for i, h in enumerate(holes)]

@@ -1,7 +1,12 @@
 """Engine latency, parallelism and memory on this machine's CPU: the fim_server targets.
 
-Cases are cut from real Python files (default: this interpreter's standard library, a fixed sorted sample)
-with the cursor inside a function body and 1-2 KB of context around it:
+Cases (`--source`), each with the cursor inside a function body:
+- `heldout` (default): files of the packages the model never trained on, cut as the language server sends
+  them: ~4000 characters before the cursor and 1500 after, which the engine cuts to its token window
+  (bench/realfiles.py);
+- `stdlib`: the cases of the figures before that (bench/RESULTS.md): this interpreter's standard library, a
+  fixed sorted sample, 1-2 KB of context around the cursor; the model trained on these files.
+The JSON records the source and the context sizes (characters sent, tokens the engine kept). Measured:
 - single-line: cursor mid-line, the engine completes the rest of the line (max_tokens 24);
   "cold" = a context never seen, "typing" = the same cursor one keystroke later (the previous context is
   cached, as when a user types);
@@ -10,7 +15,8 @@ with the cursor inside a function body and 1-2 KB of context around it:
   real quality numbers come from the HumanEval-infilling bench);
 - `diffill serve` time to a healthy /healthz; peak resident memory of this process.
 
-Run: `python bench/engine_latency.py [--n 60] [--threshold 0.9] [--out bench/results/engine.json]`
+Run: `python bench/engine_latency.py [--n 60] [--source heldout|stdlib] [--threshold 0.9]
+[--out bench/results/engine.json]`
 """
 
 from __future__ import annotations
@@ -31,10 +37,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import pct, write_results  # noqa: E402
+from bench.common import context_sizes, pct, write_results  # noqa: E402
+
+SOURCES = ("heldout", "stdlib")
 
 
-def cases(n: int, seed: int = 0) -> list[dict]:
+def cases(n: int, seed: int = 0, source: str = "heldout") -> list[dict]:
+    """n cases: single-line (prefix, prev_prefix, suffix, truth) and multi-line (ml_prefix, ml_suffix, ml_truth).
+    prev_prefix is the same cursor one character earlier (the cold request)."""
+    if source == "heldout":
+        from bench.realfiles import cases as heldout_cases
+
+        return heldout_cases(n, seed)
+    if source != "stdlib":
+        raise ValueError(f"unknown case source {source!r}: one of {SOURCES}")
+    return stdlib_cases(n, seed)
+
+
+def stdlib_cases(n: int, seed: int = 0) -> list[dict]:
     """Cursor positions inside function bodies of stdlib files, 1-2 KB of context around each."""
     rng = random.Random(seed)
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
@@ -57,7 +77,8 @@ def cases(n: int, seed: int = 0) -> list[dict]:
         eol = line_start + len(ln)  # the middle is the rest of the line; the suffix starts at its newline
         k = min(len(lines) - 1, i + rng.randint(2, 4))  # multi-line: the statement and the next lines
         ml_end = sum(len(x) + 1 for x in lines[:k]) + len(lines[k])
-        out.append({"prefix": text[max(0, cur - before): cur], "suffix": text[eol: eol + after],
+        prefix = text[max(0, cur - before): cur]
+        out.append({"prefix": prefix, "prev_prefix": prefix[:-1], "suffix": text[eol: eol + after],
                     "truth": ln[cut:], "ml_prefix": text[max(0, line_start + indent - before): line_start + indent],
                     "ml_suffix": text[ml_end: ml_end + after],
                     "ml_truth": text[line_start + indent: ml_end]})
@@ -74,12 +95,13 @@ async def run(args) -> dict:
         threshold=args.threshold or cfg.threshold, eom_threshold=args.eom_threshold or cfg.eom_threshold,
         initial_slots=args.initial_slots or cfg.initial_slots, int8=args.int8))
     load_ms = (time.perf_counter() - t0) * 1000
-    cs = cases(args.n)
-    await eng.infill(InfillRequest(id="warmup", prefix=cs[0]["prefix"], suffix=cs[0]["suffix"], max_tokens=8))
+    cs = cases(args.n, source=args.source)
+    # warm-up on a full-size context that shares no token with any case's (a context starts with the suffix)
+    await eng.infill(InfillRequest(id="warmup", prefix=cs[0]["prefix"], suffix="#\n" + cs[0]["suffix"], max_tokens=8))
     single_cold, single_typing, exact, tpp_single = [], [], 0, []
     for i, c in enumerate(cs):
         # cold: a context the cache has never seen
-        r = await eng.infill(InfillRequest(id=f"s{i}", prefix=c["prefix"][:-1], suffix=c["suffix"],
+        r = await eng.infill(InfillRequest(id=f"s{i}", prefix=c["prev_prefix"], suffix=c["suffix"],
                                            language="python", max_tokens=24))
         single_cold.append(r.ms)
         # typing: one more character typed; the previous context is in the cache
@@ -96,8 +118,12 @@ async def run(args) -> dict:
         multi_ms.append(r.ms)
         multi_tok.append(r.tokens)
         multi_fp.append(r.forward_passes)
+    contexts = {"single_line": context_sizes(eng, [(c["prefix"], c["suffix"]) for c in cs], 24),
+                "multi_line": context_sizes(eng, [(c["ml_prefix"], c["ml_suffix"]) for c in cs], 64)}
     eng.close()
     return {
+        "source": args.source,
+        "contexts": contexts,
         "model_load_ms": round(load_ms, 1),
         "single_line_cold_ms": {"p50": pct(single_cold, 50), "p95": pct(single_cold, 95)},
         "single_line_typing_ms": {"p50": pct(single_typing, 50), "p95": pct(single_typing, 95)},
@@ -135,6 +161,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=ROOT / "fim_server" / "models" / "default")
     ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--source", choices=SOURCES, default="heldout",
+                    help="heldout: unseen files, language-server windows (default); stdlib: the older cases")
     ap.add_argument("--threshold", type=float, default=None, help="default: the engine's")
     ap.add_argument("--eom-threshold", type=float, default=None, help="default: the engine's")
     ap.add_argument("--initial-slots", type=int, default=None, help="default: the engine's")

@@ -3,7 +3,7 @@ of confidence thresholds (tau, as many passes as needed) and of pass caps (`step
 sample of single-line and random-span tasks (bench/humaneval_infill.py builds and runs them).
 
 Each setting is a point (p50 latency, pass@1) per task kind; the points are written to JSON and drawn as a
-PNG (matplotlib). `--ar-model DIR` adds the autoregressive baseline (fim_server/ar.py) as one point per
+PNG (matplotlib). `--ar-model DIR` adds the autoregressive baseline (fim_server/train/ar.py) as one point per
 kind: greedy left-to-right decoding has no such knob.
 
 Run: `python bench/frontier.py [--tasks 200] [--out bench/results/frontier.json] [--plot bench/frontier.png]`

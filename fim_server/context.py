@@ -105,6 +105,9 @@ class ContextCache:
         self.model, self.device, self.entries, self.stats = model, device, entries, stats
         self._kv: OrderedDict[tuple[int, ...], KV] = OrderedDict()
 
+    def clear(self) -> None:
+        self._kv.clear()
+
     def prefill(self, ids: list[int]) -> tuple[KV, int]:
         """-> (the context's KV, how many of its tokens came from the cache)."""
         key = tuple(ids)

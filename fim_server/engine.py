@@ -154,6 +154,10 @@ class Engine:
             raise ValueError(f"{path}: tokenizer has {tok.vocab_size} ids, model only {model.cfg.vocab_size}")
         return cls(model, tok, name=path.resolve().name, device=device, config=config)
 
+    def clear_cache(self) -> None:
+        """Forget every cached context (benchmarks measuring cold requests). Only while the engine is idle."""
+        self.decoder.cache.clear()
+
     def build_context(self, prefix: str, suffix: str, max_tokens: int, heal: str = "off"):
         """See fim_server.context.build_context, with this engine's tokenizer, window and suffix share."""
         return self.decoder.build_context(prefix, suffix, max_tokens, heal)
