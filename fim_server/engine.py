@@ -44,7 +44,7 @@ from fim_server.decoder import DecodeConfig, Decoder, Middle
 from fim_server.model import FIMDiffusionModel
 from fim_server.scheduler import FairScheduler
 from fim_server.shared import syntax
-from fim_server.shared.errors import Cancelled, EngineError, RequestError
+from fim_server.shared.errors import Cancelled, DiffillError, EngineError, RequestError
 from fim_server.shared.protocol import EditRequest, EditResult, InfillRequest, InfillResult, RegionResult
 from fim_server.tokenizer import Tokenizer
 
@@ -432,8 +432,6 @@ def _rid(request: _Request) -> str:
 
 def _as_error(e: Exception, rid: str) -> Exception:
     """Errors as the caller sees them: Diffill's own pass through, anything else is an EngineError."""
-    from fim_server.shared.errors import DiffillError
-
     if isinstance(e, DiffillError):
         return e
     return EngineError(f"engine error: {type(e).__name__}: {e}", id=rid)
