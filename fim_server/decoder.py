@@ -224,9 +224,10 @@ class Decoder:
         """Text of the middle's leading committed tokens (up to its first masked slot or <eom>)."""
         return self.tok.decode(self._middle_ids(m))
 
-    def _heal_rest(self, m: Middle) -> str:
-        """The part of `m.heal` the middle's leading committed tokens do not cover yet ("" once covered)."""
-        lead = self._lead(m)
+    def _heal_rest(self, m: Middle, lead: str | None = None) -> str:
+        """The part of `m.heal` the middle's leading committed tokens (`lead`, decoded if not given) do not
+        cover yet ("" once covered)."""
+        lead = self._lead(m) if lead is None else lead
         return m.heal[len(lead):] if len(lead) < len(m.heal) else ""
 
     def _constrain_heal(self, m: Middle, logits: torch.Tensor) -> None:
@@ -235,10 +236,11 @@ class Decoder:
         until some text follows, so a whole-line middle cannot collapse to empty."""
         if logits.shape[0] == 0 or m.slots[0] == self.tok.eom_id:
             return
-        rest = self._heal_rest(m)
+        lead = self._lead(m)
+        rest = self._heal_rest(m, lead)
         if rest:
             logits[0, torch.from_numpy(~self.tok.compatible_ids(rest))] = float("-inf")
-        elif self._lead(m) == m.heal:
+        elif lead == m.heal:
             logits[0, self.tok.eom_id] = float("-inf")
 
     def release(self, m: Middle) -> None:

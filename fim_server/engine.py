@@ -121,14 +121,11 @@ class Job:
         return await self._request.future
 
 
-EditJob = Job  # an edit's job is a Job whose result is an EditResult
-
 _CLOSE = None  # queue sentinel
 JOINT_ADMISSION = 8  # middles an idle engine admits together regardless of the admission budget
 
 
 class Engine:
-    Cancelled = Cancelled
     RequestError = RequestError
 
     def __init__(self, model: FIMDiffusionModel, tokenizer: Tokenizer, *, name: str = "model",
