@@ -96,6 +96,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     import logging
 
     from fim_server.server import ServerConfig, check_exposure, serve
+    from fim_server.web import EngineSlot
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     cfg = ServerConfig(host=a.host, port=a.port, allowed_origins=tuple(a.allow_origin), token=a.token,
@@ -105,7 +106,17 @@ def cmd_serve(a: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"diffill serve: {e}", file=sys.stderr)
         return 2
-    engine = _load_engine(a)
+    if not (a.model / "config.json").exists():
+        sys.exit(f"diffill: no model at {a.model} (expected config.json, model.safetensors, tokenizer.json)")
+    slot = EngineSlot()  # the server listens while the model loads, answering 503 until it has
+
+    async def main() -> None:
+        try:
+            await serve(slot, cfg, load=lambda: asyncio.to_thread(_load_engine, a))
+        finally:
+            if slot.engine is not None:
+                await slot.engine.aclose()
+
     try:
         import uvloop  # Linux/macOS; the plain asyncio loop elsewhere
 
@@ -113,11 +124,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
     except ImportError:
         runner = asyncio.run
     try:
-        runner(serve(engine, cfg))
+        runner(main())
     except KeyboardInterrupt:
         pass
-    finally:
-        engine.close()
+    except Exception as e:
+        print(f"diffill serve: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,7 +6,7 @@ makes ONE forward pass for a batch of middles and returns each one's logits at i
 tokens other than <eom> banned); `commit(m, logits)` applies one sampler step (fim_server.sampler) and says
 whether the streaming draft changed; `finished(m)` is True once nothing is masked and the syntax check is
 settled (a candidate that adds an error is repaired once by re-masking the tokens around it, so it returns
-False again); `result(m, t0)` settles the text (fim_server.finalize) into an `InfillResult`.
+False again); `result(m, t0)` settles the text (fim_server.shared.finalize) into an `InfillResult`.
 The decoder holds no scheduling state and knows nothing of threads or event loops; all calls for one
 decoder come from one thread.
 
@@ -25,10 +25,10 @@ import torch
 
 from fim_server import sampler
 from fim_server.context import Context, ContextCache, build_context
-from fim_server.finalize import repair_positions, settle
 from fim_server.model import KV, FIMDiffusionModel, context_slot_mask
 from fim_server.shared import syntax
 from fim_server.shared.errors import RequestError
+from fim_server.shared.finalize import repair_positions, settle
 from fim_server.shared.protocol import EditRequest, InfillRequest, InfillResult
 from fim_server.tokenizer import Tokenizer
 
@@ -60,6 +60,7 @@ class Middle:
     ctx_ids: list[int] = field(default_factory=list)
     ctx_kv: KV | None = None
     cached_tokens: int = 0
+    prefill_ms: float = 0.0
     context_truncated: bool = False
     window_prefix: str = ""
     window_suffix: str = ""
@@ -124,7 +125,9 @@ class Decoder:
         ctx = self.build_context(req.prefix, req.suffix, req.max_tokens, "off" if revise else self.config.heal)
         m.ctx_ids, m.context_truncated, m.window_prefix, m.window_suffix, m.heal = ctx
         m.heal_tokens = len(self.tok.encode(m.heal)) if m.heal else 0
+        t0 = time.perf_counter()
         m.ctx_kv, m.cached_tokens = self.cache.prefill(m.ctx_ids)
+        m.prefill_ms = (time.perf_counter() - t0) * 1000
         if revise:
             m.slots = self._revise_slots(m)
             return 1
@@ -324,7 +327,8 @@ class Decoder:
         text = text[len(m.heal):] if text.startswith(m.heal) else ""
         return InfillResult(id=m.req.id, text=text, valid=valid, tokens=len(ids), forward_passes=m.steps,
                             ms=round((time.perf_counter() - t0) * 1000, 2), repair=repair,
-                            context_truncated=m.context_truncated)
+                            context_truncated=m.context_truncated, context_tokens=len(m.ctx_ids),
+                            prefill_ms=round(m.prefill_ms, 2), cached_tokens=m.cached_tokens)
 
 
 def reference_infill(decoder: Decoder, req: InfillRequest) -> InfillResult:

@@ -23,19 +23,21 @@ import ipaddress
 import json
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection
-from websockets.asyncio.server import serve as ws_serve
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
 
 from fim_server.shared.errors import Cancelled, DiffillError, EngineError, ProtocolError
+from fim_server.shared.fim_http import ApiError
 from fim_server.shared.protocol import (
     MAX_MESSAGE_BYTES,
-    PROTOCOL_VERSION,
     CancelRequest,
     EditRequest,
     EditResult,
@@ -47,6 +49,7 @@ from fim_server.shared.protocol import (
     size_over,
     update_message,
 )
+from fim_server.web import EngineSlot, Front, run_in_slot
 
 log = logging.getLogger("diffill.server")
 
@@ -83,19 +86,11 @@ def check_exposure(config: ServerConfig) -> None:
     log.warning("listening on %s with no token: anyone who can reach this port can use the server", config.host)
 
 
-def _json_response(connection: ServerConnection, status: HTTPStatus, body: dict):
-    resp = connection.respond(status, json.dumps(body) + "\n")
-    del resp.headers["Content-Type"]
-    resp.headers["Content-Type"] = "application/json"
-    return resp
+def _make_process_request(config: ServerConfig):
+    """The websocket handshake's checks (HTTP requests get theirs in fim_server.web)."""
 
-
-def _make_process_request(engine, config: ServerConfig):
     def process_request(connection: ServerConnection, request):
         url = urlsplit(request.path)
-        if url.path == "/healthz":
-            return _json_response(connection, HTTPStatus.OK, {
-                "status": "ok", "model": engine.model_name, "device": engine.device, "version": PROTOCOL_VERSION})
         origin = request.headers.get("Origin")
         if origin is not None and origin not in config.allowed_origins:
             log.warning("refused connection from origin %r", origin)
@@ -203,32 +198,104 @@ async def _handler(ws: ServerConnection, engine, config: ServerConfig) -> None:
             await asyncio.wait_for(sender, timeout=5)
 
 
-async def start_server(engine, config: ServerConfig = ServerConfig()) -> Server:
-    """Listening server; `server.sockets[0].getsockname()[1]` is the port (use port 0 in tests). Raises
-    ValueError for a non-loopback host without a token (see `check_exposure`)."""
+class DiffillServer:
+    """The listening server: HTTP and websocket on one port. `sockets[0].getsockname()[1]` is the port."""
+
+    def __init__(self, listener: asyncio.Server, front: Front, ws_server: WsServer):
+        self.listener, self.front, self.ws_server = listener, front, ws_server
+
+    @property
+    def sockets(self):
+        return self.listener.sockets
+
+    def close(self) -> None:
+        self.front.close()  # HTTP connections: their requests are cancelled
+        self.ws_server.close()  # stops listening, closes websocket connections (1001)
+
+    async def wait_closed(self) -> None:
+        await self.ws_server.wait_closed()
+
+
+async def start_server(engine, config: ServerConfig = ServerConfig()) -> DiffillServer:
+    """Listening server; `server.sockets[0].getsockname()[1]` is the port (use port 0 in tests). `engine` is
+    an Engine, or an `EngineSlot` that a loader fills later (until then: HTTP 503, websocket refused with
+    503). Raises ValueError for a non-loopback host without a token (see `check_exposure`)."""
     check_exposure(config)
-    return await ws_serve(
-        lambda ws: _handler(ws, engine, config), config.host, config.port,
-        process_request=_make_process_request(engine, config),
-        max_size=4 * config.max_message_bytes,  # over the cap: an error; over 4x: websockets closes (1009)
-        compression=None,  # code is small; deflate costs latency on every message
-    )
+    slot = engine if isinstance(engine, EngineSlot) else EngineSlot(engine)
+    process_request = _make_process_request(config)
+
+    async def protocol_handler(connection: ServerConnection) -> None:
+        """A websocket connection's life: handshake, then the Diffill protocol until it closes."""
+        try:
+            await asyncio.wait_for(connection.handshake(ws_checks, None, None), 10)
+            if connection.protocol.state is not OPEN:
+                connection.transport.abort()
+                return
+            ws_server.all_connections.add(connection)
+            connection.start_keepalive()
+            try:
+                async with connection:
+                    await _handler(connection, slot.engine, config)
+            except Exception:
+                log.exception("websocket connection handler failed")
+            finally:
+                ws_server.all_connections.discard(connection)
+        except Exception:
+            connection.transport.abort()
+        finally:
+            ws_server.handler_tasks.discard(asyncio.current_task())
+
+    def ws_checks(connection: ServerConnection, request):
+        if slot.engine is None:
+            try:
+                slot.get()
+            except ApiError as e:
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{e}\n")
+        return process_request(connection, request)
+
+    def upgrade(transport: asyncio.Transport, head: bytes) -> None:
+        """Hand a connection whose first request is a websocket upgrade over to websockets."""
+        protocol = ServerProtocol(max_size=4 * config.max_message_bytes,  # over 4x the cap: close (1009)
+                                  logger=ws_server.logger)  # no compression: it costs latency on every message
+        connection = ServerConnection(protocol, ws_server)
+        transport.set_protocol(connection)
+        connection.connection_made(transport)
+        connection.data_received(head)
+
+    async def no_create():  # pragma: no cover - the listener is made below
+        raise RuntimeError
+
+    ws_server = WsServer(no_create, protocol_handler, logging.getLogger("diffill.websocket"))
+    front = Front(slot, config, upgrade)
+    listener = await asyncio.get_running_loop().create_server(front.protocol, config.host, config.port)
+    ws_server.server = listener
+    return DiffillServer(listener, front, ws_server)
 
 
-async def serve(engine, config: ServerConfig = ServerConfig(), *, ready: Callable[[int], None] | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or cancellation), then close cleanly."""
+async def serve(engine, config: ServerConfig = ServerConfig(), *, ready: Callable[[int], None] | None = None,
+                load: Callable[[], Awaitable[object]] | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or cancellation), then close cleanly. With `load`, `engine` is an empty
+    EngineSlot: the server listens at once (HTTP 503 while loading) and `load()` gives the engine; a failed
+    load stops the server and is raised."""
     server = await start_server(engine, config)
     port = server.sockets[0].getsockname()[1]
-    log.info("diffill serving %s on ws://%s:%d (healthz: http://%s:%d/healthz)",
-             engine.model_name, config.host, port, config.host, port)
+    log.info("diffill listening on %s:%d: websocket ws://%s:%d/, HTTP /v1/completions, /v1/fim/completions, "
+             "/infill, /v1/models, /healthz", config.host, port, config.host, port)
     if ready is not None:
         ready(port)
     stop = asyncio.get_running_loop().create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    loading = None
+    if load is not None:
+        loading = asyncio.ensure_future(run_in_slot(engine, load))
+        loading.add_done_callback(lambda t: t.cancelled() or t.exception() is None or stop.done()
+                                  or stop.set_exception(t.exception()))
     try:
         await stop
     finally:
+        if loading is not None and not loading.done():
+            await asyncio.wait([loading])  # a load under way finishes first, else its engine would leak
         server.close()
         await server.wait_closed()

@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from fim_server.shared.protocol import (
     request_message,
 )
 
-__all__ = ["BackendError", "EmbeddedBackend", "RemoteBackend"]
+__all__ = ["BackendError", "EmbeddedBackend", "RemoteBackend", "make_backend"]
 
 log = logging.getLogger("diffill.lsp")
 
@@ -183,3 +184,20 @@ class RemoteBackend:
     async def close(self) -> None:
         if self._ws is not None:
             await self._ws.close()
+
+
+def make_backend(settings):
+    """The backend the settings name: no URL, the in-process engine; ws(s)://, a `diffill serve`; http(s)://,
+    an HTTP FIM API (`settings.backend`, default "openai"). Raises ValueError for a URL that cannot work."""
+    url = settings.server_url
+    if not url:
+        return EmbeddedBackend(settings.model, settings.device)
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("ws", "wss"):
+        return RemoteBackend(url)
+    if scheme in ("http", "https"):
+        from lsp.http_backend import HttpBackend
+
+        key = settings.api_key or os.environ.get("DIFFILL_API_KEY") or None
+        return HttpBackend(url, settings.backend or "openai", api_key=key, model=settings.remote_model)
+    raise ValueError(f"serverUrl {url!r} must start with ws://, wss://, http:// or https://")

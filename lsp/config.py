@@ -7,16 +7,21 @@ completions.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 log = logging.getLogger("diffill.lsp")
+
+BACKENDS = ("openai", "inception", "llamacpp")  # the HTTP FIM APIs (fim_server.shared.fim_http.APIS)
 
 
 @dataclass(frozen=True)
 class Settings:
     enabled: bool = True
-    server_url: str | None = None  # ws://host:port of a `diffill serve`; None = the in-process engine
+    server_url: str | None = None  # ws://host:port of a `diffill serve`, or an http(s):// FIM API; None = in-process
+    backend: str | None = None  # for http(s) URLs: "openai", "inception" or "llamacpp" (default "openai")
+    api_key: str | None = field(default=None, repr=False)  # http(s) backends; else env DIFFILL_API_KEY; never logged
+    remote_model: str | None = None  # the `model` field sent to http(s) backends (inception: "mercury-coder")
     model: str | None = None  # model directory for the in-process engine; None = the embedded default
     device: str = "cpu"
     max_tokens: int = 64  # multi-line completions
@@ -45,7 +50,8 @@ class Settings:
             default = getattr(self, key)
             if key == "languages" and isinstance(v, list) and all(isinstance(x, str) for x in v):
                 kw[key] = tuple(v)
-            elif v is None and key in ("server_url", "model", "steps", "threshold", "revise_threshold"):
+            elif v is None and key in ("server_url", "model", "steps", "threshold", "revise_threshold", "backend",
+                                       "api_key", "remote_model"):
                 kw[key] = None
             elif isinstance(default, bool) and isinstance(v, bool):
                 kw[key] = v
@@ -59,8 +65,12 @@ class Settings:
             elif key in ("threshold", "revise_threshold") and isinstance(v, (int, float)) \
                     and not isinstance(v, bool) and 0 < v <= 1:
                 kw[key] = float(v)
-            elif key in ("server_url", "model", "device") and isinstance(v, str):
+            elif key == "backend" and v not in BACKENDS:
+                log.warning("ignoring setting backend=%r (one of %s)", v, ", ".join(BACKENDS))
+            elif key in ("server_url", "model", "device", "backend", "api_key", "remote_model") and isinstance(v, str):
                 kw[key] = v or None if key != "device" else v
+            elif key == "api_key":
+                log.warning("ignoring setting api_key (a string expected)")  # its value is never logged
             else:
                 log.warning("ignoring setting %s=%r (wrong type or range)", key, v)
         return replace(self, **kw)

@@ -28,11 +28,12 @@ import sys
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
-from lsp.backend import EmbeddedBackend, RemoteBackend
+from lsp.backend import EmbeddedBackend, RemoteBackend, make_backend
 from lsp.completer import Completer
 from lsp.config import Settings
 from lsp.documents import get_document, language_of, offset_of
 from lsp.edit_commands import register_edit_features
+from lsp.http_backend import HttpBackend
 from lsp.protocol import DiffillProtocol, strict_converter
 from lsp.transport import serve_stdio, serve_tcp
 
@@ -46,15 +47,21 @@ class DiffillServer(LanguageServer):
         super().__init__("diffill", "0.1.0", text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
                          protocol_cls=DiffillProtocol, converter_factory=strict_converter)
         self.settings = settings
-        self.backend: EmbeddedBackend | RemoteBackend | None = None
+        self.backend: EmbeddedBackend | RemoteBackend | HttpBackend | None = None
         self.completer = Completer()
         self.client_shows_ghost_text = False  # set at initialize from the client's capabilities
         self._closing: set[asyncio.Task] = set()  # replaced backends closing (a task needs a reference)
 
     def make_backend(self) -> None:
         s, old = self.settings, self.backend
-        self.backend = RemoteBackend(s.server_url) if s.server_url else EmbeddedBackend(s.model, s.device)
-        self.backend.start()
+        try:
+            self.backend = make_backend(s)
+        except ValueError as e:  # a URL or backend that cannot work: say so, and complete with nothing
+            log.error("diffill: %s", e)
+            self.window_show_message(types.ShowMessageParams(types.MessageType.Error, f"Diffill: {e}"))
+            self.backend = None
+        if self.backend is not None:
+            self.backend.start()
         if old is not None:
             task = asyncio.ensure_future(old.close())
             self._closing.add(task)
@@ -139,7 +146,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "authentication: keep --host on loopback")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=2087, help="TCP port; 0 picks a free one (logged)")
-    p.add_argument("--server", default=None, help="ws://host:port of a `diffill serve` (default: in-process)")
+    p.add_argument("--server", default=None,
+                   help="ws://host:port of a `diffill serve`, or the http(s):// URL of a FIM API (default: in-process)")
+    p.add_argument("--backend", choices=("openai", "inception", "llamacpp"), default=None,
+                   help="the API an http(s) --server speaks (default openai: /v1/completions with suffix); the key "
+                        "comes from the apiKey setting or DIFFILL_API_KEY")
+    p.add_argument("--remote-model", default=None, help="the `model` name sent to an http(s) --server")
     p.add_argument("--model", default=None, help="model directory for the in-process engine")
     p.add_argument("--device", default="cpu")
     p.add_argument("--log-file", default=None, help="log here instead of stderr")
@@ -149,7 +161,8 @@ def run(a: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         **({"filename": a.log_file} if a.log_file else {"stream": sys.stderr}))
     logging.getLogger("pygls").setLevel(logging.WARNING)  # pygls logs every message at INFO
-    server = build(Settings(server_url=a.server, model=a.model, device=a.device))
+    server = build(Settings(server_url=a.server, model=a.model, device=a.device, backend=a.backend,
+                            remote_model=a.remote_model))
     if a.tcp:
         return serve_tcp(server.protocol, a.host, a.port)
     return serve_stdio(server.protocol)

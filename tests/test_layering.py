@@ -60,7 +60,7 @@ def test_each_layer_imports_only_what_is_below_it():
             assert deps <= {"fim_server"}, (mod, deps)
         if mod.startswith("fim_server") and mod != "fim_server.cli":
             assert not any(d.startswith("lsp") or d == "fim_server.cli" for d in deps), (mod, deps)
-        if mod in ("fim_server.engine", "fim_server.decoder", "fim_server.context", "fim_server.finalize"):
+        if mod in ("fim_server.engine", "fim_server.decoder", "fim_server.context"):
             assert "fim_server.server" not in deps and not any(d.startswith("fim_server.train") for d in deps)
         if mod.startswith("lsp"):
             assert "fim_server.cli" not in deps, mod

@@ -85,6 +85,9 @@ class InfillResult:
     ms: float
     repair: str | None = None  # None, "remask", "trim" or "drop"
     context_truncated: bool = False
+    context_tokens: int = 0  # tokens of context the model saw (its prompt)
+    prefill_ms: float = 0.0  # of `ms`, the time computing the context's keys/values (0 when all were cached)
+    cached_tokens: int = 0  # of `context_tokens`, those whose keys/values came from the context cache
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,8 @@ def _regions(msg: dict, n_chars: int, rid: str) -> tuple[EditRegion, ...]:
 def result_message(r: InfillResult) -> dict:
     return {"type": "result", "id": r.id, "text": r.text, "valid": r.valid, "tokens": r.tokens,
             "forward_passes": r.forward_passes, "ms": r.ms, "repair": r.repair,
-            "context_truncated": r.context_truncated, "version": PROTOCOL_VERSION}
+            "context_truncated": r.context_truncated, "context_tokens": r.context_tokens,
+            "prefill_ms": r.prefill_ms, "cached_tokens": r.cached_tokens, "version": PROTOCOL_VERSION}
 
 
 def edit_result_message(r: EditResult) -> dict:
@@ -320,7 +324,9 @@ def parse_server_message(raw: str | bytes) -> ServerMessage:
         if mtype == "result":
             return InfillResult(id=rid, text=msg["text"], valid=msg["valid"], tokens=msg["tokens"],
                                 forward_passes=msg["forward_passes"], ms=msg["ms"], repair=msg.get("repair"),
-                                context_truncated=msg.get("context_truncated", False))
+                                context_truncated=msg.get("context_truncated", False),
+                                context_tokens=msg.get("context_tokens", 0), prefill_ms=msg.get("prefill_ms", 0.0),
+                                cached_tokens=msg.get("cached_tokens", 0))
         if mtype == "edit_result":
             regions = tuple(RegionResult(start=g["start"], end=g["end"], text=g["text"], changed=g["changed"],
                                          valid=g["valid"], tokens=g["tokens"], repair=g.get("repair"),

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from fim_server.context import build_context
-from fim_server.finalize import settle
 from fim_server.model import KV, FIMDiffusionModel
+from fim_server.shared.finalize import settle
 from fim_server.shared.protocol import InfillRequest, InfillResult
 from fim_server.tokenizer import Tokenizer
 
