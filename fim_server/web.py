@@ -20,6 +20,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from urllib.parse import urlsplit
 
 import h11
@@ -250,7 +251,7 @@ class HttpConnection(asyncio.Protocol):
         if origin is not None and origin in self.front.config.allowed_origins:
             headers += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
         headers += list(extra.items())
-        self._send(h11.Response(status_code=status, headers=headers))
+        self._send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
 
     def _send_json(self, status: int, body: dict, extra: dict[str, str] | None = None) -> None:
         data = (_dumps(body) + "\n").encode()
@@ -271,7 +272,7 @@ class HttpConnection(asyncio.Protocol):
                     ("Access-Control-Allow-Origin", _headers(request)["origin"]),
                     ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
                     ("Access-Control-Allow-Headers", "Authorization, Content-Type"),
-                    ("Access-Control-Max-Age", "600"), ("Content-Length", "0")]))
+                    ("Access-Control-Max-Age", "600"), ("Content-Length", "0")], reason=b"No Content"))
                 self._send(h11.EndOfMessage())
                 return
             if path == "/healthz":
@@ -355,6 +356,13 @@ class HttpConnection(asyncio.Protocol):
                 self._event(fim_http.openai_usage_chunk(cid, created, model, result))
             self._event("[DONE]")
         self._send(h11.EndOfMessage())
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Client Closed Request" if status == 499 else b""
 
 
 def _dumps(body: dict) -> str:
