@@ -2,7 +2,7 @@
 
 Subcommands: humaneval-infill, latency (language server and websocket: cold, warm, single- and
 multi-line), typing (the same run, which includes the typing replay), engine, load, frontier, edits, faults,
-new-lines.
+new-lines, http-overhead.
 `python -m bench SUBCOMMAND --help` lists each one's options. Results land in bench/results/ (see bench/RESULTS.md).
 """
 
@@ -21,6 +21,7 @@ COMMANDS = {
     "edits": "bench.edit_holes",
     "new-lines": "bench.new_lines",
     "faults": "bench.faults",
+    "http-overhead": "bench.http_overhead",
 }
 
 

@@ -70,7 +70,8 @@ class Middle:
     repair: str | None = None
     repaired_once: bool = False
     verdict: syntax.Verdict | None = None  # of the current finished candidate, so it is parsed once
-    last_draft: str = ""
+    last_draft: str = ""  # the last streaming draft sent: the final text must begin with it
+    frozen: int = 0  # leading middle tokens a sent draft holds: a repair never re-masks them
     original: str = ""  # edit regions: the region's text as sent (never cut short)
     revise_threshold: float | None = None  # "revise" regions: keep the token count, re-mask unlikely tokens
     original_ids: list[int] = field(default_factory=list)
@@ -285,7 +286,18 @@ class Decoder:
             grow = min(extra, self.config.initial_slots)
             m.slots = torch.cat([m.slots, torch.full((grow,), tok.mask_id, dtype=torch.long)])
         if req.stream:
-            draft = self._lead(m)[len(m.heal):]
+            lead_ids = self._middle_ids(m)
+            lead = self.tok.decode(lead_ids)
+            if req.append_only:
+                # a draft is a promise: whole lines (the line being written may still change), whose tokens
+                # are frozen once sent, so drafts only grow and the answer begins with the last one
+                draft = lead[: lead.rfind("\n") + 1][len(m.heal):]
+                if len(draft) > len(m.last_draft):
+                    m.last_draft = draft
+                    m.frozen = self._tokens_covering(lead_ids, len(m.heal) + len(draft))
+                    return draft
+                return None
+            draft = lead[len(m.heal):].rstrip("\ufffd")  # a character split across tokens waits for the rest
             if draft != m.last_draft:
                 m.last_draft = draft
                 return draft
@@ -302,7 +314,7 @@ class Decoder:
             return True
         # repair: re-mask the tokens that overlap the error spans (and one token either side), denoise again
         ids = self._middle_ids(m)
-        hit = repair_positions(self.tok.token_char_spans(ids), verdict.error_spans)
+        hit = [i for i in repair_positions(self.tok.token_char_spans(ids), verdict.error_spans) if i >= m.frozen]
         m.repaired_once = True
         if not hit:
             return True
@@ -310,6 +322,11 @@ class Decoder:
         m.verdict = None  # the candidate is about to change
         m.slots[torch.tensor(hit)] = self.tok.mask_id
         return False
+
+    def _tokens_covering(self, ids: list[int], chars: int) -> int:
+        """How many of the leading tokens `ids` it takes to cover their text's first `chars` characters."""
+        spans = self.tok.token_char_spans(ids)
+        return next((i + 1 for i, (_, b) in enumerate(spans) if b >= chars), len(ids)) if chars else 0
 
     def _middle_ids(self, m: Middle) -> list[int]:
         return sampler.middle_tokens(m.slots, mask_id=self.tok.mask_id, eom_id=self.tok.eom_id)
@@ -322,7 +339,8 @@ class Decoder:
         text, valid, repair = self.tok.decode(ids), None, m.repair
         if self.config.repair:
             text, valid, repair = settle(m.req.language, m.window_prefix, text, m.window_suffix,
-                                         verdict=m.verdict, keep_original=bool(m.original), repair=m.repair)
+                                         verdict=m.verdict, keep_original=bool(m.original), repair=m.repair,
+                                         floor=m.heal + m.last_draft if m.frozen else "")
         # the healed characters are the user's own (the prefix's end): the answer is what follows them
         text = text[len(m.heal):] if text.startswith(m.heal) else ""
         return InfillResult(id=m.req.id, text=text, valid=valid, tokens=len(ids), forward_passes=m.steps,

@@ -336,9 +336,10 @@ class HttpConnection(asyncio.Protocol):
             raise DiffillError(str(e), code="closed") from e
         text, stopped = fim_http.cut_at_stop(result.text, call.stops)
         reason = fim_http.finish_reason(call, result.tokens, stopped)
-        if not stream:
+        if not stream:  # Server-Timing: the engine's share of the request (benches subtract it)
             self._send_json(200, fim_http.infill_response(call, model, text, stopped, result) if call.api == "llamacpp"
-                            else fim_http.openai_response(call, cid, created, model, text, reason, result))
+                            else fim_http.openai_response(call, cid, created, model, text, reason, result),
+                            {"Server-Timing": f"engine;dur={result.ms}"})
             return
         rest = out.end(text)
         if rest is None:

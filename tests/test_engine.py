@@ -216,3 +216,29 @@ def test_the_best_candidate_parses_then_has_text_then_is_most_likely():
 
     pairs = [cand("x)", False, -0.1), cand("", True, -0.2), cand("y", True, -3.0), cand("z", True, -1.0)]
     assert best_candidate([m for m, _ in pairs], [o for _, o in pairs]) == 3
+
+
+async def test_a_streamed_draft_is_never_taken_back(tokenizer):
+    """Drafts are whole lines, each frozen once sent: the syntax check may not re-mask or trim them later;
+    the same request not streamed is repaired or cut instead."""
+    from tests.fakes import text_script
+
+    def engine():
+        return scripted_engine(tokenizer, text_script(tokenizer, "\ny = g(2))\nz = 3\n"), confident=False)
+
+    ask = dict(prefix="x = f(1)", suffix="\n", language="python", max_tokens=16)
+    eng = engine()
+    drafts: list[str] = []
+    try:
+        job = eng.submit(InfillRequest(id="s", stream=True, append_only=True, **ask), on_update=drafts.append)
+        res = await job.result()
+    finally:
+        eng.close()
+    assert drafts and all(d.endswith("\n") for d in drafts) and all(b.startswith(a) for a, b in zip(drafts, drafts[1:]))
+    assert "y = g(2))\n" in drafts[-1] and res.text.startswith(drafts[-1]) and res.valid is False
+    eng = engine()
+    try:
+        quiet = await eng.infill(InfillRequest(id="q", **ask))
+    finally:
+        eng.close()
+    assert quiet.repair is not None and "g(2))" not in quiet.text

@@ -215,8 +215,10 @@ async def test_503_while_the_model_loads_then_answers(shipped_engine):
 
 @pytest.fixture
 async def slow_server(tokenizer):
-    """A scripted model that writes one token per 50 ms pass and never ends: requests stay in flight."""
-    engine = scripted_engine(tokenizer, lambda k: tokenizer.encode(" x")[0], confident=False, pass_delay=0.05,
+    """A scripted model that writes one token per 50 ms pass, lines of "x", and never ends: requests stay in
+    flight, and a streamed one sends a line now and then."""
+    line = tokenizer.encode("x\n")
+    engine = scripted_engine(tokenizer, lambda k: line[k % len(line)], confident=False, pass_delay=0.05,
                              repair=False)
     srv = await start_server(engine, ServerConfig(port=0, max_in_flight=1))
     yield engine, srv.sockets[0].getsockname()[1]
@@ -267,17 +269,19 @@ async def test_garbage_and_keep_alive(server):
     writer.close()
 
 
-async def test_scripted_stream_is_the_draft_as_it_grows(tokenizer):
-    engine = scripted_engine(tokenizer, text_script(tokenizer, " a + b + c + d"), confident=False, threshold=0.99,
+async def test_scripted_stream_is_append_only_whole_lines(tokenizer):
+    answer = "\na = 1\nb = 2\nc = 3\n"
+    engine = scripted_engine(tokenizer, text_script(tokenizer, answer), confident=False, threshold=0.99,
                              repair=False)
     srv = await start_server(engine, ServerConfig(port=0))
     port = srv.sockets[0].getsockname()[1]
     try:
-        body = json.dumps({"prompt": "x =", "max_tokens": 16, "stream": True})
+        body = json.dumps({"prompt": "x = 0", "max_tokens": 16, "stream": True})
         _, _, raw = await http(port, "POST", "/v1/completions", body)
         texts = [json.loads(e)["choices"][0]["text"] for e in sse(raw)[:-1]]
-        assert "".join(texts) == " a + b + c + d" and len([t for t in texts if t]) > 1  # it arrived in parts
-        assert sse(raw)[-1] == "[DONE]"
+        assert "".join(texts) == answer and sse(raw)[-1] == "[DONE]"
+        parts = [t for t in texts if t]
+        assert len(parts) > 1 and all(t.endswith("\n") for t in parts)  # it arrived in parts, line by line
     finally:
         srv.close()
         await srv.wait_closed()

@@ -191,7 +191,8 @@ def parse_openai(body: bytes, rid: str, api: str = "openai") -> Call:
     model = _get(msg, "model", (str,))
     temperature = _get(msg, "temperature", (int, float), 0.0)
     req = InfillRequest(id=rid, prefix=prompt, suffix=suffix, max_tokens=_max_tokens(msg, "max_tokens"),
-                        stream=stream and best_of == 1, candidates=best_of, **_knobs(msg, temperature))
+                        stream=stream and best_of == 1, append_only=True, candidates=best_of,
+                        **_knobs(msg, temperature))
     return Call(api, req, model, _stops(msg), prompt if echo else "", include_usage)
 
 
@@ -212,7 +213,7 @@ def parse_infill(body: bytes, rid: str) -> Call:
     stream = _get(msg, "stream", (bool,), False)
     temperature = _get(msg, "temperature", (int, float), 0.0)
     req = InfillRequest(id=rid, prefix=prefix, suffix=suffix, max_tokens=_max_tokens(msg, "n_predict"),
-                        stream=stream, **_knobs(msg, temperature))
+                        stream=stream, append_only=True, **_knobs(msg, temperature))
     return Call("llamacpp", req, None, _stops(msg), "", False, tuple(extra), tuple(fields))
 
 

@@ -44,6 +44,9 @@ class InfillRequest:
     # test-time compute: denoise this many candidates together (the first as asked, the others sampled) and
     # answer the one that parses and the model finds most likely; 1..MAX_CANDIDATES
     candidates: int = 1
+    # with `stream`: drafts are whole lines, each extending the last, and the answer begins with the last one
+    # (the engine freezes what it has streamed). The HTTP APIs stream append-only text; not a websocket field
+    append_only: bool = False
 
 
 @dataclass(frozen=True)
