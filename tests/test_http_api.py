@@ -299,3 +299,25 @@ def test_append_only_holds_back_what_a_stop_string_may_claim():
     assert out.delta("a + b") == "a + b"
     assert out.delta("a +") == ""  # a draft that shrank (a repair re-masked tokens) sends nothing
     assert out.end("a + c") is None  # the final text does not extend what was sent: the caller must say so
+
+
+async def test_bodies_as_continue_and_minuet_send_them(server):
+    """Continue's `provider: inception` (core/llm/llms/Inception.ts) and minuet-ai.nvim's openai_fim_compatible
+    (backends/openai_base.lua) post these, streamed; each reads choices[0].text of every event."""
+    engine, port = server
+    want = await engine_text(engine, max_tokens=64)
+    continue_body = {"model": "mercury-coder", "prompt": PREFIX, "suffix": SUFFIX, "max_tokens": 64,
+                     "temperature": 0.0, "presence_penalty": 1.5, "stream": True,
+                     "stop": ["<|endoftext|>", "\n\n", "\n \n"]}
+    minuet_body = {"model": "default", "stream": True, "max_tokens": 64, "prompt": PREFIX, "suffix": SUFFIX}
+    for body, expect in ((continue_body, want.split("\n\n")[0]), (minuet_body, want)):
+        status, _, raw = await http(port, "POST", "/v1/completions", json.dumps(body),
+                                    {"Authorization": "Bearer dummy", "Accept": "application/json"})
+        events = sse(raw)
+        assert status == 200 and events[-1] == "[DONE]"
+        assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == expect
+    # Continue sends "<|endoftext|>" for an empty suffix: read as no suffix at all
+    body = {**continue_body, "suffix": "<|endoftext|>", "stream": False}
+    _, _, raw = await http(port, "POST", "/v1/completions", json.dumps(body))
+    no_suffix = await engine_text(engine, suffix="", max_tokens=64)
+    assert json.loads(raw)["choices"][0]["text"] == no_suffix.split("\n\n")[0]
