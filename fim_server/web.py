@@ -28,7 +28,7 @@ import h11
 from fim_server.shared import fim_http
 from fim_server.shared.errors import Cancelled, DiffillError
 from fim_server.shared.fim_http import ApiError, Call
-from fim_server.shared.protocol import PROTOCOL_VERSION
+from fim_server.shared.protocol import PROTOCOL_VERSION, InfillResult
 
 log = logging.getLogger("diffill.http")
 
@@ -291,6 +291,10 @@ class HttpConnection(asyncio.Protocol):
             rid = f"http-{self.front.prefix}-{next(self.front.ids)}"
             call = (fim_http.parse_infill(body, rid) if api == "llamacpp"
                     else fim_http.parse_openai(body, rid, api))
+            if call.warm_only:  # llama.cpp would only cache the prompt; `input_extra` is not used yet
+                empty = InfillResult(id=rid, text="", valid=None, tokens=0, forward_passes=0, ms=0.0)
+                self._send_json(200, fim_http.infill_response(call, engine.model_name, "", None, empty))
+                return
             if self.front.in_flight[self.peer] >= self.front.config.max_in_flight:
                 raise ApiError(429, f"{self.front.config.max_in_flight} requests from this client already in "
                                "flight", "too_many_in_flight", headers={"Retry-After": "1"})

@@ -137,6 +137,12 @@ async def test_infill_as_llama_vim_sends_it(server):
     assert "".join(e["content"] for e in events) == want
     assert [e["stop"] for e in events] == [False] * (len(events) - 1) + [True]
     assert events[-1]["tokens_predicted"] > 0 and "timings" in events[-1]
+    # llama.vim's ring-buffer request warms the cache with n_predict 0 and response_fields [""]
+    warm = {"id_slot": 0, "input_prefix": "", "input_suffix": "", "input_extra": LLAMA_VIM_BODY["input_extra"],
+            "prompt": "", "n_predict": 0, "temperature": 0.0, "samplers": [], "stream": False, "cache_prompt": True,
+            "t_max_prompt_ms": 1, "t_max_predict_ms": 1, "response_fields": [""], "model": ""}
+    status, _, body = await http(port, "POST", "/infill", json.dumps(warm))
+    assert status == 200 and json.loads(body) == {}  # as llama.cpp answers it
 
 
 async def test_error_statuses_in_each_apis_shape(server):

@@ -81,6 +81,7 @@ class Call:
     include_usage: bool = False
     extra: tuple[tuple[str, str], ...] = ()  # llama.cpp `input_extra`: (filename, text) chunks
     response_fields: tuple[str, ...] = ()  # llama.cpp: answer only these ("timings/prompt_n" is lifted to the top)
+    warm_only: bool = False  # llama.cpp `n_predict: 0` (llama.vim warms its cache so): answered empty at once
 
 
 # ---- server side: requests -----------------------------------------------------------------------------------
@@ -145,6 +146,8 @@ def _max_tokens(msg: dict, name: str) -> int:
     v = _get(msg, name, (int,), DEFAULT_MAX_TOKENS)
     if v == -1 and name == "n_predict":
         return MAX_TOKENS_LIMIT
+    if v == 0 and name == "n_predict":
+        return 0
     if v < 1:
         raise ApiError(400, f"{name!r} must be at least 1, got {v}", "bad_field", name)
     return min(v, MAX_TOKENS_LIMIT)
@@ -212,9 +215,10 @@ def parse_infill(body: bytes, rid: str) -> Call:
         extra.append((_text(c, "filename"), _text(c, "text")))
     stream = _get(msg, "stream", (bool,), False)
     temperature = _get(msg, "temperature", (int, float), 0.0)
-    req = InfillRequest(id=rid, prefix=prefix, suffix=suffix, max_tokens=_max_tokens(msg, "n_predict"),
-                        stream=stream, append_only=True, **_knobs(msg, temperature))
-    return Call("llamacpp", req, None, _stops(msg), "", False, tuple(extra), tuple(fields))
+    n_predict = _max_tokens(msg, "n_predict")
+    req = InfillRequest(id=rid, prefix=prefix, suffix=suffix, max_tokens=max(1, n_predict), stream=stream,
+                        append_only=True, **_knobs(msg, temperature))
+    return Call("llamacpp", req, None, _stops(msg), "", False, tuple(extra), tuple(fields), n_predict == 0)
 
 
 # ---- server side: answers ------------------------------------------------------------------------------------

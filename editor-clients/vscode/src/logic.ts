@@ -7,6 +7,9 @@ export interface Settings {
   maxTokens: number;
   steps: number | null;
   serverUrl: string;
+  backend: string; // for an http(s) serverUrl: "openai", "inception" or "llamacpp"; "" = openai
+  apiKey: string; // for an http(s) serverUrl; "" = the DIFFILL_API_KEY environment variable
+  remoteModel: string; // the `model` sent to an http(s) serverUrl; "" = the backend's default
   command: string[];
   pythonPath: string;
 }
@@ -17,6 +20,9 @@ export const DEFAULTS: Settings = {
   maxTokens: 64,
   steps: null,
   serverUrl: "",
+  backend: "",
+  apiKey: "",
+  remoteModel: "",
   command: [],
   pythonPath: "",
 };
@@ -32,6 +38,9 @@ export function serverCommand(s: Settings): { command: string; args: string[] } 
   return { command: "diffill", args: ["lsp"] };
 }
 
+/** The HTTP FIM APIs the language server can use as its backend (lsp/config.py BACKENDS). */
+export const BACKENDS = ["openai", "inception", "llamacpp"];
+
 /** initializationOptions / didChangeConfiguration payload understood by `diffill lsp`. */
 export function serverOptions(s: Settings): { diffill: Record<string, unknown> } {
   const opts: Record<string, unknown> = {
@@ -40,6 +49,9 @@ export function serverOptions(s: Settings): { diffill: Record<string, unknown> }
     maxTokens: Math.max(1, Math.min(512, Math.round(s.maxTokens))),
     steps: s.steps === null || s.steps < 1 ? null : Math.round(s.steps),
     serverUrl: s.serverUrl.trim() === "" ? null : s.serverUrl.trim(),
+    backend: BACKENDS.includes(s.backend) ? s.backend : null,
+    apiKey: s.apiKey.trim() === "" ? null : s.apiKey.trim(),
+    remoteModel: s.remoteModel.trim() === "" ? null : s.remoteModel.trim(),
   };
   return { diffill: opts };
 }
@@ -75,6 +87,9 @@ export function readSettings(get: (key: string) => unknown): Settings {
     maxTokens: pick("maxTokens", (v) => typeof v === "number" && v >= 1),
     steps: pick("steps", (v) => v === null || (typeof v === "number" && v >= 1)),
     serverUrl: pick("serverUrl", (v) => typeof v === "string"),
+    backend: pick("backend", (v) => typeof v === "string"),
+    apiKey: pick("apiKey", (v) => typeof v === "string"),
+    remoteModel: pick("remoteModel", (v) => typeof v === "string"),
     command: pick("command", isStrArray),
     pythonPath: pick("pythonPath", (v) => typeof v === "string"),
   };

@@ -35,6 +35,11 @@ test("server options are clamped and empty strings become null", () => {
   assert.equal(o.steps, null);
   assert.equal(o.serverUrl, null);
   assert.equal(serverOptions({ ...DEFAULTS, serverUrl: "ws://gpu:8765" }).diffill.serverUrl, "ws://gpu:8765");
+  assert.equal(o.backend, null);
+  assert.equal(o.apiKey, null);
+  const h = serverOptions({ ...DEFAULTS, serverUrl: "https://api.example/v1", backend: "inception", apiKey: " k " });
+  assert.deepEqual([h.diffill.backend, h.diffill.apiKey], ["inception", "k"]);
+  assert.equal(serverOptions({ ...DEFAULTS, backend: "grpc" }).diffill.backend, null);
 });
 
 test("status text shows state, backend and latency", () => {
