@@ -1,4 +1,4 @@
-"""Reliability under hostile and broken websocket clients: a bounded fault campaign against a real
+"""Reliability under hostile and broken websocket and HTTP clients: a bounded fault campaign against a real
 `diffill serve` (the shipped model, a subprocess, loopback only). Figures for bench/RESULTS.md "Reliability".
 
 What it sends, and what counts:
@@ -9,7 +9,10 @@ What it sends, and what counts:
 - many clients at once, half of their requests cancelled: every request answered (result or cancelled);
 - an abusive connection (edits of 64 holes each, in flight together) beside a normal one typing
   single-line completions: the normal one's p50/p95;
-- the server's resident memory before, at the peak of, and after the abuse (VmRSS of its process).
+- the server's resident memory before, at the peak of, and after the abuse (VmRSS of its process);
+- HTTP: broken requests of many kinds (not HTTP at all, bad framing, huge headers and bodies, bad JSON...),
+  each on its own connection, must get the right 4xx status ("deaf" = no answer in 10 s); clients that hang
+  up mid-request; then a good request must be answered.
 The campaign stops by itself: every loop is bounded in count and time.
 
 Run: `python bench/faults.py [--quick] [--out bench/results/faults.json]`
@@ -186,6 +189,80 @@ async def campaign(url: str, quick: bool, rss) -> dict:
     return out
 
 
+def http_malformed() -> list[tuple[str, bytes, int]]:
+    """(name, raw bytes on a fresh connection, the status expected) for broken HTTP clients."""
+    def post(path: str, body: bytes, extra: str = "") -> bytes:
+        return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+    big = b'{"prompt": "' + b"x" * (9 * 1024 * 1024) + b'"}'
+    return [
+        ("not http", b"\x16\x03\x01\x02\x00 hello\r\n\r\n", 400),
+        ("bad request line", b"GARBAGE\r\n\r\n", 400),
+        ("http/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
+        ("header without colon", b"POST /infill HTTP/1.1\r\nHost x\r\n\r\n", 400),
+        ("endless header", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 200_000, 431),
+        ("bad content-length", b"POST /infill HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 400),
+        ("two content-lengths", b"POST /infill HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                                b"Content-Length: 3\r\n\r\n{}", 400),
+        ("bad chunk size", b"POST /infill HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+        ("body over the cap", post("/v1/completions", big), 413),
+        ("chunked body over the cap", b"POST /infill HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+         + b"".join(b"100000\r\n" + b"a" * 0x100000 + b"\r\n" for _ in range(9)) + b"0\r\n\r\n", 413),
+        ("not json", post("/v1/completions", b"{nope"), 400),
+        ("json array", post("/infill", b"[1]"), 400),
+        ("NaN", post("/v1/completions", b'{"prompt": "x", "temperature": NaN}'), 400),
+        ("huge int", post("/v1/completions", b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}"), 400),
+        ("lone surrogate", post("/infill", b'{"input_prefix": "\\ud800"}'), 400),
+        ("not utf-8", post("/v1/completions", b'{"prompt": "\xff"}'), 400),
+        ("deep nesting", post("/v1/completions", b"[" * 100_000 + b"]" * 100_000), 400),
+        ("wrong types", post("/v1/fim/completions", b'{"prompt": ["a", "b"], "stop": 5}'), 400),
+        ("unknown path", post("/v1/chat/completions", b"{}"), 404),
+        ("wrong method", b"PUT /infill HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
+        ("foreign origin", post("/infill", b"{}", "Origin: https://evil.example\r\n"), 403),
+    ]
+
+
+async def http_campaign(port: int) -> dict:
+    """Each broken request on its own connection: it must get its status (never a 5xx, never silence), and
+    the server must answer a good request afterwards. Then clients that hang up mid-request."""
+    right, wrong, deaf = 0, 0, 0
+    for name, raw, want in http_malformed():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(raw)
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), 10)
+        except (asyncio.TimeoutError, ConnectionError):
+            line = b""
+        finally:
+            writer.close()
+        if not line:
+            deaf += 1
+            print("HTTP: no answer to", name, file=sys.stderr)
+        elif int(line.split()[1]) == want:
+            right += 1
+        else:
+            wrong += 1
+            print("HTTP:", name, "got", line.strip().decode(), "expected", want, file=sys.stderr)
+    hung = 0
+    for i in range(8):  # hang up after the head, mid-body, and mid-answer
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = json.dumps({"prompt": CODE + f" # {i}", "max_tokens": 64, "stream": True}).encode()
+        cut = [0, len(body) // 2, len(body), len(body)][i % 4]
+        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body[:cut]))
+        await writer.drain()
+        writer.close()
+        hung += 1
+    good = json.dumps({"prompt": CODE, "suffix": "\n", "max_tokens": 16}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(good), good))
+    answered = b" 200 " in await asyncio.wait_for(reader.readline(), 60)
+    writer.close()
+    return {"kinds": len(http_malformed()), "right_status": right, "wrong_status": wrong, "deaf": deaf,
+            "hung_up_mid_request": hung, "answers_after": answered}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer clients and edits (CI)")
@@ -215,6 +292,7 @@ def main() -> None:
 
         t0 = time.time()
         res = asyncio.run(campaign(f"ws://127.0.0.1:{port}", a.quick, rss))
+        res["http"] = asyncio.run(http_campaign(port))
         res["server_alive"] = proc.poll() is None
         res["wall_s"] = round(time.time() - t0, 1)
         res["quick"] = a.quick

@@ -91,6 +91,8 @@ class HttpConnection(asyncio.Protocol):
         self.skip_body = False
         self.peer = "?"
         self.idle: asyncio.TimerHandle | None = None
+        self.waiting = 0  # bytes received while a request is being answered
+        self.lingering = False
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -101,13 +103,23 @@ class HttpConnection(asyncio.Protocol):
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # refused: what the client still sends is dropped until the connection closes
         if self.raw is not None:
             self.raw += data
+        if self.task is not None and not self.task.done():  # a pipelined request waits in h11's buffer
+            self.waiting += len(data)
+            if self.waiting > self.front.config.max_message_bytes + MAX_HEAD_BYTES:
+                log.warning("closing a connection that sent over %d bytes ahead of its answer", self.waiting)
+                self.abort()
+                return
         self.h11.receive_data(data)
         self._arm_idle()
         self._events()
 
     def eof_received(self):
+        if self.lingering:
+            return None
         self.h11.receive_data(b"")
         self._events()
         return None  # close the transport
@@ -140,7 +152,8 @@ class HttpConnection(asyncio.Protocol):
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as e:
-                self._fail(e.error_status_hint, f"bad HTTP request: {e}")
+                status = 431 if "too long" in str(e) or "too large" in str(e).lower() else e.error_status_hint
+                self._fail(status, f"bad HTTP request: {e}")
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
@@ -184,6 +197,8 @@ class HttpConnection(asyncio.Protocol):
         return f"request body of {n} bytes is over the {self.front.config.max_message_bytes}-byte cap"
 
     def _check_head(self, request: h11.Request) -> None:
+        if request.http_version not in (b"1.0", b"1.1"):
+            raise ApiError(505, f"HTTP/{request.http_version.decode()} is not spoken here: HTTP/1.1", "bad_http")
         path, method = _path(request), request.method.decode()
         headers = _headers(request)
         if path not in ROUTES:
@@ -226,18 +241,30 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             self.h11.start_next_cycle()
+            self.waiting = 0
             self._events()
 
     def _refuse(self, e: ApiError) -> None:
         """An error answered before the body was read: the connection closes after it."""
         api = ROUTES.get(_path(self.request), (None, "openai"))[1] if self.request else "openai"
         self._send_json(e.status, e.body(api), {**e.headers, "Connection": "close"})
-        self.transport.close()
+        self._linger()
 
     def _fail(self, status: int, message: str) -> None:
         with contextlib.suppress(h11.LocalProtocolError):
             self._send_json(status, ApiError(status, message, "bad_http").body("openai"), {"Connection": "close"})
-        self.transport.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after an early answer without losing it: closing a socket with unread input resets the
+        connection, and a client still sending its body would never read the answer. So: end our side
+        (FIN after the answer), drop what still comes, and close 2 s later (or when the client does)."""
+        self.lingering = True
+        if self.idle is not None:
+            self.idle.cancel()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(2.0, self.transport.close)
 
     def _send(self, event) -> None:
         if not self.transport.is_closing():

@@ -74,5 +74,15 @@ def test_fault_campaign_finds_no_deaf_dead_or_lost(tmp_path):
     assert m["coded_errors"] == m["kinds"] and m["deaf"] == 0 and m["crashes"] == 0 and m["answers_after"]
     assert res["pipelined_cancels"]["cancelled"] == res["pipelined_cancels"]["sent"]
     assert res["load_with_cancels"]["answered"] == res["load_with_cancels"]["requests"]
+    h = res["http"]
+    assert h["right_status"] == h["kinds"] and h["deaf"] == 0 and h["answers_after"]
     assert res["server_alive"]
     assert res["rss_mb"]["after"] < res["rss_mb"]["before"] + 150  # memory comes back after the abuse
+
+
+def test_http_overhead_bench_runs(tmp_path):
+    res = run_bench("http_overhead.py", tmp_path / "http.json", "--n", "2")
+    assert res["same_text_share"] == 1.0  # one engine behind three protocols: the same answers
+    for path in ("websocket", "openai", "llamacpp"):
+        assert res[path]["wall_p50_ms"] > res[path]["overhead_p50_ms"] > 0
+    assert res["multi_line_streams"]["n"] == 2
