@@ -327,3 +327,25 @@ async def test_bodies_as_continue_and_minuet_send_them(server):
     _, _, raw = await http(port, "POST", "/v1/completions", json.dumps(body))
     no_suffix = await engine_text(engine, suffix="", max_tokens=64)
     assert json.loads(raw)["choices"][0]["text"] == no_suffix.split("\n\n")[0]
+
+
+async def test_an_engine_failure_is_a_500_and_the_server_carries_on(tokenizer):
+    def script(k: int) -> int:
+        raise RuntimeError("the model broke")
+
+    engine = scripted_engine(tokenizer, script)
+    srv = await start_server(engine, ServerConfig(port=0))
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        for path, body in (("/v1/completions", {"prompt": "x ="}), ("/infill", {"input_prefix": "x ="})):
+            status, _, raw = await http(port, "POST", path, json.dumps(body))
+            err = json.loads(raw)["error"]
+            assert status == 500 and "the model broke" in err["message"]
+            assert err["type"] == "server_error" and err["code"] == ("internal" if path != "/infill" else 500)
+        status, _, raw = await http(port, "POST", "/v1/completions", json.dumps({"prompt": "x =", "stream": True}))
+        assert status == 200 and json.loads(sse(raw)[-1])["error"]["code"] == "internal"  # mid-stream: an event
+        assert (await http(port, "GET", "/healthz"))[0] == 200
+    finally:
+        srv.close()
+        await srv.wait_closed()
+        engine.close()
