@@ -81,9 +81,13 @@ def initialized(ls: DiffillServer, params: types.InitializedParams) -> None:
 def did_change_configuration(ls: DiffillServer, params: types.DidChangeConfigurationParams) -> None:
     before = ls.settings
     ls.settings = ls.settings.updated(params.settings)
-    if (before.server_url, before.model, before.device) != (ls.settings.server_url, ls.settings.model,
-                                                            ls.settings.device):
+    if backend_key(before) != backend_key(ls.settings):
         ls.make_backend()
+
+
+def backend_key(s: Settings) -> tuple:
+    """The settings a backend is made from: a change to any of them makes a new one."""
+    return s.server_url, s.model, s.device, s.backend, s.api_key, s.remote_model
 
 
 def did_close(ls: DiffillServer, params: types.DidCloseTextDocumentParams) -> None:

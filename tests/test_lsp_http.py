@@ -174,3 +174,16 @@ def test_endpoint_urls():
     assert endpoint("http://h:1/v1/completions", "openai")[0] == "http://h:1/v1/completions"
     with pytest.raises(ValueError):
         endpoint("ftp://h/", "openai")
+
+
+async def test_changing_the_backend_setting_takes_effect(recorder):
+    rec, port = await recorder(["y = y"])
+    client = await lsp_session({"serverUrl": f"http://127.0.0.1:{port}", "backend": "openai"})
+    try:
+        assert await first_item(client) == "y = y"
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"diffill": {"serverUrl": f"http://127.0.0.1:{port}", "backend": "llamacpp"}}))
+        await first_item(client)
+    finally:
+        await end(client)
+    assert [r["path"] for r in rec.requests] == ["/v1/completions", "/infill"]
