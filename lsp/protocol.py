@@ -20,6 +20,7 @@ Contract: every request gets exactly one response, and `receive(body)` handles o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -81,7 +82,15 @@ class DiffillProtocol(LanguageServerProtocol):
     def __init__(self, server, converter):
         super().__init__(server, converter)
         self.exit_code: int | None = None  # set by `exit`: the transport stops reading
+        self.reader: asyncio.Task | None = None  # the transport's read loop (`stop` cancels it)
         self._initialize_received = False
+
+    def stop(self, code: int) -> None:
+        """End the session now, as if the client had sent `exit` (its process is gone, say)."""
+        if self.exit_code is None:
+            self.exit_code = code
+        if self.reader is not None and not self.reader.done():
+            self.reader.cancel()
 
     def final_exit_code(self) -> int:
         """The process's exit code once the client is done: `exit`'s, or as if it had sent `exit` now."""

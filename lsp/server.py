@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+from pathlib import Path
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
@@ -34,6 +36,7 @@ from lsp.config import Settings
 from lsp.documents import get_document, language_of, offset_of
 from lsp.edit_commands import register_edit_features
 from lsp.http_backend import HttpBackend
+from lsp.logs import ClientLogHandler
 from lsp.protocol import DiffillProtocol, strict_converter
 from lsp.transport import serve_stdio, serve_tcp
 
@@ -49,6 +52,8 @@ class DiffillServer(LanguageServer):
         self.settings = settings
         self.backend: EmbeddedBackend | RemoteBackend | HttpBackend | None = None
         self.completer = Completer()
+        self.log_handler: ClientLogHandler | None = None  # logs to the client (run() sets it on stdio)
+        self.watcher: asyncio.Task | None = None  # watches the client's process (initialize's processId)
         self.client_shows_ghost_text = False  # set at initialize from the client's capabilities
         self._closing: set[asyncio.Task] = set()  # replaced backends closing (a task needs a reference)
 
@@ -69,9 +74,36 @@ class DiffillServer(LanguageServer):
 
 
 def initialize(ls: DiffillServer, params: types.InitializeParams) -> None:
+    if ls.log_handler is not None:
+        ls.log_handler.connected(asyncio.get_running_loop())
+    if params.process_id:
+        ls.watcher = asyncio.ensure_future(watch_client(ls, params.process_id))
     ls.settings = ls.settings.updated(params.initialization_options)
     text_document = params.capabilities.text_document
     ls.client_shows_ghost_text = text_document is not None and text_document.inline_completion is not None
+
+
+def process_alive(pid: int) -> bool:
+    """False once `pid` has exited (a zombie counts as exited: its parent has not reaped it yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(pid, 0) said it exists
+
+
+async def watch_client(ls: DiffillServer, pid: int, every_s: float = 1.0) -> None:
+    """LSP: the server exits when the process that started it is gone, even if its stdin stays open (a
+    terminal killed with the editor in it can leave the pipe to an orphan)."""
+    while process_alive(pid):
+        await asyncio.sleep(every_s)
+    log.warning("the client's process %d is gone: exiting", pid)
+    ls.protocol.stop(1)
 
 
 def initialized(ls: DiffillServer, params: types.InitializedParams) -> None:
@@ -158,15 +190,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remote-model", default=None, help="the `model` name sent to an http(s) --server")
     p.add_argument("--model", default=None, help="model directory for the in-process engine")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--log-file", default=None, help="log here instead of stderr")
+    p.add_argument("--log-file", default=None,
+                   help="log here (default: to the client as window/logMessage on stdio, to stderr with --tcp)")
 
 
 def run(a: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        **({"filename": a.log_file} if a.log_file else {"stream": sys.stderr}))
-    logging.getLogger("pygls").setLevel(logging.WARNING)  # pygls logs every message at INFO
     server = build(Settings(server_url=a.server, model=a.model, device=a.device, backend=a.backend,
                             remote_model=a.remote_model))
+    fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"
+    if a.log_file:
+        logging.basicConfig(level=logging.INFO, format=fmt, filename=a.log_file)
+    elif a.tcp:  # nobody reads our stderr as the client's log: keep it (it says which port was bound)
+        logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
+    else:  # stdio: to the client, as window/logMessage at each record's level (lsp/logs.py)
+        server.log_handler = ClientLogHandler(server)
+        logging.basicConfig(level=logging.INFO, handlers=[server.log_handler])
+    logging.getLogger("pygls").setLevel(logging.WARNING)  # pygls logs every message at INFO
     if a.tcp:
         return serve_tcp(server.protocol, a.host, a.port)
     return serve_stdio(server.protocol)

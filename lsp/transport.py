@@ -36,6 +36,7 @@ CHUNK = 64 * 1024  # bytes per read
 async def serve_stream(read: Callable[[], Awaitable[bytes]], protocol: DiffillProtocol) -> int:
     """Read with `read()` (b"" at the end) until `exit` or the end. -> the exit code."""
     deframer = Deframer()
+    protocol.reader = asyncio.current_task()
     try:
         while protocol.exit_code is None and (chunk := await read()):
             deframer.feed(chunk)
@@ -51,6 +52,9 @@ async def serve_stream(read: Callable[[], Awaitable[bytes]], protocol: DiffillPr
                     log.exception("failed to handle a message")
     except ConnectionError as e:
         log.info("the client is gone: %s", e)
+    except asyncio.CancelledError:
+        if protocol.exit_code is None:
+            raise
     return protocol.final_exit_code()
 
 

@@ -66,6 +66,7 @@ class Wire:
         self.deframer = Deframer()
         self.responses: dict = {}  # id -> every response with that id, in order
         self.unanswerable: list[dict] = []  # responses with id null
+        self.notifications: list[dict] = []  # from the server, in order
 
     def write(self, data: bytes) -> None:
         self.writer.write(data)
@@ -91,7 +92,8 @@ class Wire:
                 msg = await self._next()
                 assert msg is not None, f"the server closed the stream before answering {rid!r}"
                 if "method" in msg:
-                    continue  # a notification or request from the server
+                    self.notifications.append(msg)  # a notification or request from the server
+                    continue
                 if msg.get("id") is None:
                     self.unanswerable.append(msg)
                 else:
@@ -120,11 +122,10 @@ class Server:
         self.wire = Wire(proc.stdout, proc.stdin)
 
     @classmethod
-    async def start(cls, *, initialized: bool = True) -> Server:
+    async def start(cls, *, initialized: bool = True, stderr=asyncio.subprocess.DEVNULL) -> Server:
         """initialized: initialize, then open URI."""
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "lsp", stdin=asyncio.subprocess.PIPE,
-                                                    stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.DEVNULL)
+                                                    stdout=asyncio.subprocess.PIPE, stderr=stderr)
         server = cls(proc)
         if initialized:
             server.wire.send(initialize())
@@ -382,3 +383,38 @@ async def test_a_crlf_document_gets_the_suggestions_of_its_lf_twin(model_client)
         crlf = (await inline(model_client, line, character, uri=crlf_uri)).items
         assert lf, (line, character)
         assert [i.insert_text for i in crlf] == [i.insert_text.replace("\n", "\r\n") for i in lf], (line, character)
+
+
+# --- the server's logs and its client's process (issue: the editors, for real) ---
+
+async def test_logs_reach_the_client_as_log_messages_and_nothing_reaches_stderr(start):
+    server = await start(initialized=False, stderr=asyncio.subprocess.PIPE)
+    server.wire.send(initialize())
+    assert "result" in await server.wire.answer("init", START)
+    server.wire.send(message(None, "initialized", {}))
+    server.wire.send(message(None, "workspace/didChangeConfiguration",
+                             {"settings": {"diffill": {"maxTokens": "lots"}}}))
+    server.wire.send(did_open(URI, "def f(x):\n    return x\n"))
+    server.wire.send(ask("q", line=1, character=12))
+    assert "result" in await server.wire.answer("q", START)  # the engine loaded (and said so) first
+    server.wire.send(message("down", "shutdown"))
+    await server.wire.answer("down")
+    server.wire.send(message(None, "exit"))
+    assert await server.exit_code() == 0
+    logs = [(n["params"]["type"], n["params"]["message"]) for n in server.wire.notifications
+            if n["method"] == "window/logMessage"]
+    assert any(kind == 2 and "max_tokens" in text for kind, text in logs), logs  # a warning, as a warning
+    assert any(kind == 3 and "engine loaded" in text for kind, text in logs), logs  # information, as such
+    assert await server.proc.stderr.read() == b""  # Neovim files every stderr line as an [ERROR]
+
+
+async def test_the_server_exits_when_its_clients_process_is_gone(start):
+    client = await asyncio.create_subprocess_exec("sleep", "60")
+    server = await start(initialized=False)
+    server.wire.send(message("init", "initialize", {"processId": client.pid, "rootUri": None, "capabilities": {}}))
+    assert "result" in await server.wire.answer("init", START)
+    await asyncio.sleep(1.5)
+    assert server.proc.returncode is None  # serving while its client lives
+    client.kill()
+    await client.wait()
+    assert await server.exit_code(10) == 1  # though its stdin is still open

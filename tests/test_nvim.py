@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ def lua(sock, expr):
 
 
 BUFFER = "vim.api.nvim_buf_get_lines(0, 0, -1, true)"
+POINT = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self\n"
 
 
 @pytest.fixture
@@ -50,11 +52,13 @@ def open_in_nvim(tmp_path):
         src = tmp_path / name
         src.write_text(text)
         sock = tmp_path / f"{name}.sock"
-        env = dict(os.environ, DIFFILL_PLUGIN=str(ROOT / "editor-clients" / "nvim"), DIFFILL_PYTHON=sys.executable)
+        env = dict(os.environ, DIFFILL_PLUGIN=str(ROOT / "editor-clients" / "nvim"), DIFFILL_PYTHON=sys.executable,
+                   XDG_STATE_HOME=str(tmp_path / "state"))  # Neovim's lsp.log, this test's own
         proc = subprocess.Popen([NVIM, "--headless", "--clean", "-u", str(ROOT / "tests" / "nvim" / "init.lua"),
                                  "--listen", str(sock), str(src)], cwd=ROOT, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(proc)
+        start.procs = procs
         for _ in range(200):  # the socket appears once Neovim is up
             if sock.exists():
                 break
@@ -73,7 +77,7 @@ def open_in_nvim(tmp_path):
 
 @pytest.fixture
 def nvim(open_in_nvim):
-    return open_in_nvim("point.py", "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self\n")
+    return open_in_nvim("point.py", POINT)
 
 
 def test_ghost_text_is_drawn_and_accepted_in_a_real_neovim(nvim):
@@ -98,6 +102,40 @@ def test_ghost_text_is_drawn_and_accepted_in_a_real_neovim(nvim):
     assert f"        self.{shown}" in text  # the buffer now holds the suggestion
     verdict = syntax.check("python", text, "", "")
     assert verdict.errors_after == 0  # and still parses
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_server_logs_are_not_errors_and_the_server_ends_with_neovim(open_in_nvim, tmp_path):
+    sock, _ = open_in_nvim("point.py", POINT)
+    assert wait_for(sock, '#vim.lsp.get_clients({name = "diffill"}) > 0')
+    remote(sock, "--remote-send", "4GA.")
+    assert wait_for(sock, 'require("diffill").current() ~= nil')  # the engine loaded and answered (and logged)
+    log = Path(lua(sock, "vim.lsp.get_log_path()"))
+    assert log.is_relative_to(tmp_path)
+    errors = [line for line in log.read_text().splitlines() if "[ERROR]" in line] if log.exists() else []
+    assert not errors, errors  # the server's INFO lines used to land here as [ERROR] (its stderr)
+    nvim = open_in_nvim.procs[-1]
+    servers = [c for c in children(nvim.pid) if "lsp" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(servers) == 1
+    nvim.kill()  # as a closed terminal would
+    nvim.wait(10)
+    for _ in range(200):
+        if not Path(f"/proc/{servers[0]}").exists():
+            break
+        time.sleep(0.05)
+    assert not Path(f"/proc/{servers[0]}").exists()  # no orphaned language server
 
 
 def run_edit(sock, keys):
