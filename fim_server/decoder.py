@@ -11,8 +11,9 @@ The decoder holds no scheduling state and knows nothing of threads or event loop
 decoder come from one thread.
 
 A "revise" middle (edits) starts from its own tokens: one scoring pass (tokens masked in strided groups,
-every token scored with its neighbours in view) finds the tokens the model finds unlikely, only those are
-re-masked, and the middle keeps its token count.
+every token scored with its neighbours in view) finds the tokens the model finds unlikely and would clearly
+replace; only those are re-masked, and the middle keeps its token count. The finished rewrite is scored the
+same way and kept only if the model prefers it to the original by a clear margin (`revise_margin`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ class DecodeConfig:
     # "revise" edits re-mask the tokens whose probability (each scored with its neighbours in view) is below
     # this: below even odds, the model would more likely write something else there.
     revise_threshold: float = 0.5
+    # ... and only when the model prefers another token by at least this much (log-probability, nats) over the
+    # original in the same context; when it denoises a re-masked slot, the original gets the same head start;
+    # and the rewritten region stands only if the model finds it, as a whole, this much more likely than the
+    # original (bench/rewrite_safety.py). 0: none of these (the rule before them)
+    revise_margin: float = 10.0
+    revise_names: bool = True  # a rewrite that renames or leaves a use dangling is not applied (engine)
     revise_groups: int = 4  # scoring pass: token j is masked in row j % groups, so each sees 3/4 of the rest
     # token healing (fim_server.context.heal_count): "off", "whitespace" or "token"; see bench/RESULTS.md for
     # what each does to HumanEval-infilling pass@1
@@ -76,6 +83,8 @@ class Middle:
     revise_threshold: float | None = None  # "revise" regions: keep the token count, re-mask unlikely tokens
     original_ids: list[int] = field(default_factory=list)
     remasked: int | None = None
+    original_score: float = 0.0  # "revise": the original tokens' summed log-probability (strided scoring)
+    rescored: bool = False  # "revise": the rewrite has been weighed against the original
     heal: str = ""  # the prefix's last characters, moved into the middle (its text must start with them)
     heal_tokens: int = 0  # how many prefix tokens `heal` was
     logprob: float = 0.0  # sum of log p of each token when it was committed (candidates are ranked by it)
@@ -140,13 +149,31 @@ class Decoder:
         return m.req.max_tokens + m.heal_tokens
 
     def _revise_slots(self, m: Middle) -> torch.Tensor:
-        """The region's own tokens + a committed <eom>, with the tokens the model finds unlikely re-masked.
+        """The region's own tokens + a committed <eom>, with the tokens re-masked that the model finds unlikely
+        (below `revise_threshold`) AND for which it prefers another token by `revise_margin` nats."""
+        own, rival = self._score(m, m.original_ids)
+        m.original_score = float(own.sum())
+        unlikely = own.exp() < m.revise_threshold
+        if self.config.revise_margin > 0:
+            unlikely &= rival - own >= self.config.revise_margin
+            # comments and strings are the author's prose: a rewrite fixes code, it does not reword them
+            prose = syntax.prose_spans(m.req.language, m.req.prefix, m.original, m.req.suffix)  # whole file
+            if prose:
+                spans = self.tok.token_char_spans(m.original_ids)
+                unlikely &= torch.tensor([not any(a < pb and b > pa for pa, pb in prose) for a, b in spans])
+        unlikely = unlikely.nonzero()[:, 0]
+        m.remasked = int(unlikely.numel())
+        ids = torch.tensor(m.original_ids + [self.tok.eom_id], dtype=torch.long)
+        ids[unlikely] = self.tok.mask_id
+        return ids
 
-        One pass scores every token: row g of a (G, M) batch masks the tokens j with j % G == g, so each
-        token's probability is read with the other (G-1)/G of the region in view (a strided pseudo-likelihood;
-        with everything masked at once a token far from the edges would see nothing of its neighbours)."""
+    def _score(self, m: Middle, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass scores every token of a region: row g of a (G, M) batch masks the tokens j with
+        j % G == g, so each token's log-probability is read with the other (G-1)/G of the region in view (a
+        strided pseudo-likelihood; with everything masked at once a token far from the edges would see
+        nothing of its neighbours). -> (each token's own log-probability, the best other token's), (n,) each."""
         tok = self.tok
-        ids = torch.tensor(m.original_ids + [tok.eom_id], dtype=torch.long)  # (M,)
+        ids = torch.tensor(token_ids + [tok.eom_id], dtype=torch.long)  # (M,)
         n, G = ids.numel() - 1, max(1, min(self.config.revise_groups, ids.numel() - 1))
         j = torch.arange(ids.numel())
         masked = (j[None, :] % G == torch.arange(G)[:, None]) & (j[None, :] < n)  # (G, M)
@@ -158,13 +185,28 @@ class Decoder:
         logits = self.model.logits(h[masked.to(self.device)]).float().cpu()  # (n, V), ordered by (g, j)
         logits[:, self._banned] = float("-inf")
         order = masked.nonzero()[:, 1]  # the token index of each logits row
-        prob = torch.softmax(logits, dim=-1).gather(-1, ids[order][:, None])[:, 0]
-        unlikely = order[prob < m.revise_threshold]
+        logp = torch.log_softmax(logits, dim=-1)
+        own = logp.gather(-1, ids[order][:, None])[:, 0]
+        rival = logp.scatter(-1, ids[order][:, None], float("-inf")).max(dim=-1).values
         self.stats["denoise_passes"] += 1
         m.steps += 1
-        m.remasked = int(unlikely.numel())
-        ids[unlikely] = tok.mask_id
-        return ids
+        back = torch.empty_like(order)
+        back[order] = torch.arange(order.numel())
+        return own[back], rival[back]  # in token order
+
+    def _keep_if_unsure(self, m: Middle) -> None:
+        """A rewritten region stands only if the model finds it more likely than the original, as a whole, by
+        `revise_margin` nats per changed token (the same strided scoring for both): re-masked tokens are
+        denoised with their new neighbours in view, so a chain of changes can each look likely."""
+        m.rescored = True
+        ids = self._middle_ids(m)
+        if ids == m.original_ids:
+            return
+        own, _ = self._score(m, ids)
+        changed = sum(a != b for a, b in zip(ids, m.original_ids))  # the same count: <eom> is banned in revise
+        if float(own.sum()) - m.original_score < self.config.revise_margin * changed:
+            m.slots = torch.tensor(m.original_ids + [self.tok.eom_id], dtype=torch.long)
+            m.repair = "kept"
 
     # ---- one forward pass ------------------------------------------------------------------------------------
     def forward(self, batch: list[Middle]) -> list[torch.Tensor]:
@@ -200,6 +242,9 @@ class Decoder:
             part = logits[off: off + n]
             if m.revise_threshold is not None:
                 part[:, tok.eom_id] = float("-inf")  # a revised region keeps its token count
+                if self.config.revise_margin:  # the original token's head start (see DecodeConfig)
+                    slot = (m.slots == tok.mask_id).nonzero()[:, 0]
+                    part[torch.arange(n), torch.tensor(m.original_ids)[slot]] += self.config.revise_margin
             if m.heal:
                 self._constrain_heal(m, part)
             out.append(part)
@@ -307,6 +352,8 @@ class Decoder:
     def finished(self, m: Middle) -> bool:
         if bool((m.slots == self.tok.mask_id).any()):
             return False
+        if m.revise_threshold is not None and not m.rescored and self.config.revise_margin > 0:
+            self._keep_if_unsure(m)
         if not self.config.repair or m.repaired_once:
             return True
         verdict = m.verdict = self._verdict(m)

@@ -340,7 +340,8 @@ class Engine:
         if any(r is None for r in request.results):
             return
         if request.edit is not None:
-            result = compose_edit(request.edit, request.middles, request.results, request.passes, request.t0)
+            result = compose_edit(request.edit, request.middles, request.results, request.passes, request.t0,
+                                  names=self.config.revise_names)
         elif request.candidates:
             best = best_candidate(request.middles, request.results)
             result = replace(request.results[best], id=request.middles[0].req.id, forward_passes=request.passes)
@@ -380,21 +381,29 @@ def best_candidate(middles: list[Middle], outs: list[InfillResult]) -> int:
 
 
 def compose_edit(req: EditRequest, middles: list[Middle], outs: list[InfillResult], passes: int,
-                 t0: float) -> EditResult:
+                 t0: float, names: bool = True) -> EditResult:
     """An edit's answer from its regions' results: a region whose candidate is invalid, or that would only
-    delete text the user had written, keeps its original; then regions are reverted until the document has
-    no more syntax errors than it had."""
-    texts = []
-    for m, out in zip(middles, outs):
+    delete text the user had written, keeps its original; so does a rewritten ("revise") region that would
+    introduce a name used nowhere else in the file or drop one the file still uses (`names`,
+    syntax.rewrite_breaks_names); then regions are reverted until the document has no more syntax errors
+    than it had."""
+    texts, repairs = [], [out.repair for out in outs]
+    for i, (r, m, out) in enumerate(zip(req.regions, middles, outs)):
         empty = not out.text.strip() and m.original.strip()
-        texts.append(m.original if out.valid is False or empty else out.text)
+        text = m.original if out.valid is False or empty else out.text
+        if names and m.revise_threshold is not None and text != m.original:
+            why = syntax.rewrite_breaks_names(req.language, req.text, r.start, r.end, text)
+            if why:  # a rewrite must not rename things or leave a use dangling
+                log.info("edit %s: region %d..%d kept: the rewrite %s", req.id, r.start, r.end, why)
+                text, repairs[i] = m.original, "names"
+        texts.append(text)
     spans = [(r.start, r.end) for r in req.regions]
     keep, before, after = syntax.revert_until_no_worse(req.language, req.text, spans, texts)
     regions = []
-    for r, m, out, text, kept in zip(req.regions, middles, outs, texts, keep):
+    for r, m, out, text, kept, repair in zip(req.regions, middles, outs, texts, keep, repairs):
         text = text if kept else m.original
         regions.append(RegionResult(start=r.start, end=r.end, text=text, changed=text != m.original,
-                                    valid=out.valid, tokens=out.tokens, repair=out.repair if kept else "revert",
+                                    valid=out.valid, tokens=out.tokens, repair=repair if kept else "revert",
                                     remasked=m.remasked))
     return EditResult(id=req.id, regions=tuple(regions), errors_before=before, errors_after=after,
                       forward_passes=passes, ms=round((time.perf_counter() - t0) * 1000, 2),

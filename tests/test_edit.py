@@ -123,11 +123,24 @@ async def test_revise_keeps_likely_tokens_and_the_token_count(shipped_engine, to
     keep_all = await shipped_engine.edit(edit("k", [EditRegion(a, b, "revise")], text, revise_threshold=1e-9))
     (r,) = keep_all.regions
     assert r.remasked == 0 and r.text == original and not r.changed and keep_all.forward_passes == 1
-    redo = await shipped_engine.edit(edit("r", [EditRegion(a, b, "revise")], text, revise_threshold=1.0))
+    # the bare threshold rule (no margin): nothing is certain, so every token is re-masked
+    from fim_server.engine import Engine, EngineConfig
+    from tests.conftest import SHIPPED
+
+    bare = Engine.load(SHIPPED, config=EngineConfig(revise_margin=0.0))
+    try:
+        redo = await bare.edit(edit("r", [EditRegion(a, b, "revise")], text, revise_threshold=1.0))
+    finally:
+        bare.close()
     (r,) = redo.regions
     n = len(tokenizer.encode(original))
-    assert r.remasked == n  # nothing is certain: every token re-masked
+    assert r.remasked == n
     assert r.tokens == n or not r.changed  # denoised again into the same number of tokens (or reverted)
+    # the default margin: a token is re-masked only for one the model clearly prefers, and the rewrite must
+    # beat the original as a whole; this correct code stays as it is even with every token "uncertain"
+    safe = await shipped_engine.edit(edit("s", [EditRegion(a, b, "revise")], text, revise_threshold=1.0))
+    (r,) = safe.regions
+    assert r.remasked < n and r.text == original and not r.changed
 
 
 async def test_a_hole_whose_answer_adds_an_error_is_left_alone(tokenizer):

@@ -76,3 +76,48 @@ def test_incremental_reparse_finds_the_same_errors_as_a_full_parse():
         incremental = syntax._errors(syntax._with_middle("python", doc, syntax._encode(middle)))
         full = syntax._errors(syntax._parser("python").parse(syntax._encode(src[:a] + middle + src[b:])))
         assert incremental == full
+
+
+WRAP = '''import textwrap
+
+
+def wrap(text, width, expand_tabs=True, replace_whitespace=True):
+    w = textwrap.TextWrapper(width=width, expand_tabs=expand_tabs, replace_whitespace=replace_whitespace)
+    return w.wrap(text)
+
+
+def other(x):
+    return x
+'''
+
+
+def _line(text: str, start: str) -> tuple[int, int]:
+    a = text.index(start)
+    return a, text.index("\n", a)
+
+
+def test_a_rewrite_may_not_rename_or_leave_names_dangling():
+    a, b = _line(WRAP, "def wrap")
+    line = WRAP[a:b]
+    # what a weak model did to correct stdlib code: renamed keyword parameters
+    why = syntax.rewrite_breaks_names("python", WRAP, a, b, line.replace("expand_tabs", "strip_tabs"))
+    assert why == "introduces 'strip_tabs', used nowhere else in the file"
+    a, b = _line(WRAP, "    w = ")
+    line = WRAP[a:b]
+    why = syntax.rewrite_breaks_names("python", WRAP, a, b, line.replace("    w = ", "    v = "))
+    assert why is not None  # `v` is new, and `w` is still used on the next line
+    why = syntax.rewrite_breaks_names("python", WRAP, a, b, line.replace("width=width", "width=text"))
+    assert why == "leaves 'width' defined but never used"  # the parameter's only use is gone
+    # a fix that uses the file's own names is fine: a misspelt name corrected, an operator changed
+    typo = WRAP.replace("width=width", "width=widht")
+    a, b = _line(typo, "    w = ")
+    assert syntax.rewrite_breaks_names("python", typo, a, b, typo[a:b].replace("widht", "width")) is None
+    a, b = _line(WRAP, "    return x")
+    assert syntax.rewrite_breaks_names("python", WRAP, a, b, "    return x + 1") is None
+
+
+def test_prose_spans_are_comments_and_strings_of_the_middle():
+    prefix, middle = "x = 1\n", "y = f('a b')  # note\n"
+    spans = syntax.prose_spans("python", prefix, middle, "")
+    assert [middle[a:b] for a, b in spans] == ["'a b'", "# note"]
+    assert syntax.prose_spans("cobol", prefix, middle, "") == []

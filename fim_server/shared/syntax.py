@@ -22,6 +22,7 @@ checks of one request do not re-parse the whole file. Grammars load lazily, one 
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import TYPE_CHECKING
@@ -314,3 +315,118 @@ def trim_to_valid_lines(language: str | None, prefix: str, middle: str, suffix: 
         if run.strip() and check(language, prefix, run, suffix).valid:
             return run
     return None
+
+
+# ---- names a rewrite may not break ---------------------------------------------------------------------------
+_WORD = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
+_PARAMETER_LISTS = ("parameters", "lambda_parameters", "formal_parameters")
+_BINDING_FIELDS = ("name", "alias", "pattern")
+_ASSIGNMENTS = ("assignment", "augmented_assignment", "for_statement", "for_in_statement")  # their `left` binds
+
+
+def words(text: str) -> set[str]:
+    """Every identifier-like word of `text` (strings and comments included: a name mentioned there counts)."""
+    return set(_WORD.findall(text))
+
+
+def _is_binding(node) -> bool:
+    parent = node.parent
+    if parent is None:
+        return False
+    if parent.type in _PARAMETER_LISTS or any(parent.child_by_field_name(f) == node for f in _BINDING_FIELDS):
+        return True
+    return parent.type in _ASSIGNMENTS and parent.child_by_field_name("left") == node
+
+
+def _identifiers(language: str | None, text: str, start: int = 0, end: int | None = None):
+    """(name, bound) for each identifier node within text[start:end] (tree-sitter); None without a grammar.
+    `bound`: the node binds or declares the name (a function's, class's or keyword argument's name, a
+    parameter, the target of an assignment or a loop, an import alias)."""
+    parsed = parse(language, text)
+    if parsed is None:
+        return None
+    b0 = len(text[:start].encode("utf-8", "surrogatepass"))
+    b1 = len(parsed.data) if end is None else len(text[:end].encode("utf-8", "surrogatepass"))
+    out, stack = [], [parsed.tree.root_node]
+    while stack:
+        node = stack.pop()
+        if node.end_byte <= b0 or node.start_byte >= b1:
+            continue
+        stack.extend(node.children)
+        if node.type == "identifier" and node.start_byte >= b0 and node.end_byte <= b1:
+            out.append((node.text.decode("utf-8", "replace"), _is_binding(node)))
+    return out
+
+
+_FUNCTIONS = ("function_definition", "function_declaration", "method_definition", "arrow_function",
+              "function_expression", "generator_function_declaration", "lambda")
+
+
+def _enclosing_function(language: str | None, text: str, start: int, end: int) -> tuple[int, int]:
+    """The str span of the innermost function around text[start:end]; the whole text when there is none."""
+    parsed = parse(language, text)
+    if parsed is None:
+        return 0, len(text)
+    b0 = len(text[:start].encode("utf-8", "surrogatepass"))
+    b1 = len(text[:end].encode("utf-8", "surrogatepass"))
+    node = parsed.tree.root_node.descendant_for_byte_range(b0, max(b0, b1 - 1))
+    while node is not None and node.type not in _FUNCTIONS:
+        node = node.parent
+    if node is None:
+        return 0, len(text)
+    return parsed.char_offset(node.start_byte), parsed.char_offset(node.end_byte)
+
+
+def bound_names(language: str | None, text: str, start: int, end: int) -> set[str]:
+    """Names that `text[start:end]` binds or declares (empty without a grammar)."""
+    return {name for name, bound in _identifiers(language, text, start, end) or () if bound}
+
+
+def rewrite_breaks_names(language: str | None, text: str, start: int, end: int, new: str) -> str | None:
+    """Why replacing `text[start:end]` by `new` would break the file's names, or None: it introduces a name
+    used nowhere else in the file (a rename or a typo), drops a name the region binds while the rest of the
+    file still uses it, or drops the last use of a name defined in the function around the region (a
+    parameter or a variable left unused)."""
+    old, rest = text[start:end], text[:start] + "\n" + text[end:]
+    seen, kept, elsewhere = words(old), words(new), words(rest)
+    introduced = sorted(w for w in kept - seen if w not in elsewhere)
+    if introduced:
+        return f"introduces {introduced[0]!r}, used nowhere else in the file"
+    dropped = sorted(w for w in bound_names(language, text, start, end) - kept if w in elsewhere)
+    if dropped:
+        return f"drops {dropped[0]!r}, which the rest of the file still uses"
+    used = {name for name, bound in _identifiers(language, text, start, end) or () if not bound}
+    if used:  # is a name the region used now defined and never used, in the function around the region?
+        f0, f1 = _enclosing_function(language, text, start, end)
+        after = _identifiers(language, text[:start] + new + text[end:], f0, f1 + len(new) - (end - start)) or ()
+        total: dict[str, int] = {}
+        uses: dict[str, int] = {}
+        for name, bound in after:
+            total[name] = total.get(name, 0) + 1
+            uses[name] = uses.get(name, 0) + (not bound)
+        unused = sorted(w for w in used if total.get(w) and not uses.get(w))
+        if unused:
+            return f"leaves {unused[0]!r} defined but never used"
+    return None
+
+
+def prose_spans(language: str | None, prefix: str, middle: str, suffix: str) -> list[tuple[int, int]]:
+    """Character spans of `middle` inside comments and string literals (with the document around it in view);
+    empty without a grammar."""
+    key = normalize_language(language)
+    if key is None or not supported(key):
+        return []
+    data = _encode(prefix + middle + suffix)
+    b0 = len(_encode(prefix))
+    b1 = b0 + len(_encode(middle))
+    out, stack = [], [_parser(key).parse(data).root_node]
+    while stack:
+        node = stack.pop()
+        if node.end_byte <= b0 or node.start_byte >= b1:
+            continue
+        if node.type in _STRINGY:
+            a, b = max(node.start_byte, b0), min(node.end_byte, b1)
+            out.append((_char_index(data, a) - len(prefix), _char_index(data, b) - len(prefix)))
+            continue
+        stack.extend(node.children)
+    return sorted(out)
