@@ -86,3 +86,12 @@ def test_http_overhead_bench_runs(tmp_path):
     for path in ("websocket", "openai", "llamacpp"):
         assert res[path]["wall_p50_ms"] > res[path]["overhead_p50_ms"] > 0
     assert res["multi_line_streams"]["n"] == 2
+
+
+def test_rewrite_safety_bench_runs(tmp_path):
+    res = run_bench("rewrite_safety.py", tmp_path / "rw.json", "--n", "3", "--margins", "10")
+    assert res["n"] == 3
+    for label in ("before (no margin, no name check)", "name check only", "margin 10 + name check"):
+        r = res[label]
+        assert r["planted_fixed"] + r["planted_changed_otherwise"] + r["planted_kept"] == res["planted"]
+        assert 0 <= r["correct_changed"] <= 3
