@@ -148,7 +148,7 @@ class HttpConnection(asyncio.Protocol):
 
     # ---- reading requests ----------------------------------------------------------------------------------
     def _events(self) -> None:
-        while self.task is None or self.task.done():
+        while (self.task is None or self.task.done()) and not self.lingering:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as e:
