@@ -1,5 +1,5 @@
-"""`diffill` command line: `serve` (websocket server), `complete` (one infill, printed), `lsp` (the
-language server, from the lsp package), `train`. `bench` comes with its own issue.
+"""`diffill` command line: `serve` (websocket and HTTP FIM APIs on one port), `complete` (one infill, printed),
+`lsp` (the language server, from the lsp package), `train`. `bench` comes with its own issue.
 Heavy imports (torch, the model) happen inside the subcommands, so `diffill --help` is instant.
 """
 
@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int, default=None, help="cap on denoising passes (test-time compute knob)")
     c.add_argument("--warm", action="store_true", help="run twice and report the second (cached context)")
     _engine_args(c)
-    s = sub.add_parser("serve", help="run the websocket server (docs/protocol.md)")
+    s = sub.add_parser("serve", help="run the server: the websocket protocol and the HTTP FIM APIs (/infill, "
+                       "/v1/completions, /v1/fim/completions) on one port (docs/protocol.md)")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
@@ -160,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "listen beyond loopback")
     s.add_argument("--insecure-no-token", action="store_true",
                    help="listen beyond loopback without a token (anyone who reaches the port can use it)")
-    s.add_argument("--max-in-flight", type=int, default=16, help="concurrent requests per connection")
+    s.add_argument("--max-in-flight", type=int, default=16,
+                   help="concurrent requests per websocket connection, and per HTTP client address")
     _engine_args(s)
     sub.add_parser("train", help="train a model (see `diffill train --help`)", add_help=False)
     from lsp.server import add_arguments  # imports pygls, not torch
