@@ -175,26 +175,28 @@ def test_fill_holes_fills_every_marker_as_one_undoable_edit(open_in_nvim):
 
 
 def test_rewrite_changes_only_the_range_as_one_undoable_edit(open_in_nvim):
-    before = "def area(w, h):\n    s = w * h\n    return s\n\n\nprint(area(2, 3))\n"
+    before = ("import re\n\n\ndef parse(value):\n    match = re.match(r'\\d+', value)\n    if not math:\n"
+              "        raise ValueError('not a number')\n    return int(match.group())\n")
     old = before.splitlines(keepends=True)
-    sock, _ = open_in_nvim("area.py", before)
+    sock, _ = open_in_nvim("parse.py", before)
 
-    def outside_kept(after):  # lines 1 and 4-6 byte for byte, and the file still parses
+    def outside_kept(after):  # lines 1-5 and 8 byte for byte, and the file still parses
         lines = after.splitlines(keepends=True)
-        return lines[:1] == old[:1] and lines[-3:] == old[3:] and parses(after)
+        return lines[:5] == old[:5] and lines[-1:] == old[-1:] and parses(after)
 
-    # `!` regenerates lines 2-3 from scratch; the shipped model mostly writes nothing there, and then the
+    # `!` regenerates lines 6-7 from scratch; the shipped model mostly writes nothing there, and then the
     # server must say so and leave the buffer alone
-    msg, after, changed = run_edit(sock, ":2,3DiffillRewrite!<CR>")
+    msg, after, changed = run_edit(sock, ":6,7DiffillRewrite!<CR>")
     if changed:
         assert outside_kept(after), after
         assert undo_once(sock) == before
     else:
         assert "no valid edit" in msg and after == before, msg
-    # without `!` only the tokens the model finds unlikely are redone: this one changes something
-    msg, after, changed = run_edit(sock, ":2,3DiffillRewrite<CR>")
+    # without `!` a token changes only for one the model clearly prefers: the misspelt `math` becomes `match`
+    # (and correct code is left alone: bench/rewrite_safety.py)
+    msg, after, changed = run_edit(sock, ":6,7DiffillRewrite<CR>")
     assert changed, msg
-    assert outside_kept(after), after
+    assert "    if not match:\n" in after and outside_kept(after), after
     assert undo_once(sock) == before
 
 
