@@ -77,7 +77,10 @@ def initialize(ls: DiffillServer, params: types.InitializeParams) -> None:
     if ls.log_handler is not None:
         ls.log_handler.connected(asyncio.get_running_loop())
     if params.process_id:
-        ls.watcher = asyncio.ensure_future(watch_client(ls, params.process_id))
+        if process_alive(params.process_id):
+            ls.watcher = asyncio.ensure_future(watch_client(ls, params.process_id))
+        else:  # another PID namespace (a server in a container, say): nothing to watch from here
+            log.info("the client's process %d is not visible from here: not watched", params.process_id)
     ls.settings = ls.settings.updated(params.initialization_options)
     text_document = params.capabilities.text_document
     ls.client_shows_ghost_text = text_document is not None and text_document.inline_completion is not None

@@ -418,3 +418,14 @@ async def test_the_server_exits_when_its_clients_process_is_gone(start):
     client.kill()
     await client.wait()
     assert await server.exit_code(10) == 1  # though its stdin is still open
+
+
+async def test_a_process_id_not_visible_from_here_is_not_watched(start):
+    """An editor on the host and the server in a container: the editor's pid does not exist here."""
+    server = await start(initialized=False)
+    server.wire.send(message("init", "initialize", {"processId": 2**22 + 12345, "rootUri": None, "capabilities": {}}))
+    assert "result" in await server.wire.answer("init", START)
+    await asyncio.sleep(2.5)
+    assert server.proc.returncode is None
+    server.wire.send(message("down", "shutdown"))
+    assert "result" in await server.wire.answer("down")
