@@ -100,7 +100,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     cfg = ServerConfig(host=a.host, port=a.port, allowed_origins=tuple(a.allow_origin), token=a.token,
-                       max_in_flight=a.max_in_flight, insecure_no_token=a.insecure_no_token)
+                       max_in_flight=a.max_in_flight, insecure_no_token=a.insecure_no_token,
+                       http_language=a.language)
     try:
         check_exposure(cfg)  # before loading the model: a refused start is immediate
     except ValueError as e:
@@ -108,6 +109,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
         return 2
     if not (a.model / "config.json").exists():
         sys.exit(f"diffill: no model at {a.model} (expected config.json, model.safetensors, tokenizer.json)")
+    if a.language is not None:
+        from fim_server.shared import syntax
+
+        if not syntax.supported(a.language):
+            sys.exit(f"diffill serve: no grammar for --language {a.language!r} (python, javascript, typescript, "
+                     "typescriptreact)")
     slot = EngineSlot()  # the server listens while the model loads, answering 503 until it has
 
     async def main() -> None:
@@ -161,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "listen beyond loopback")
     s.add_argument("--insecure-no-token", action="store_true",
                    help="listen beyond loopback without a token (anyone who reaches the port can use it)")
+    s.add_argument("--language", default=None, metavar="LANG",
+                   help="language of HTTP requests that name none (editor plugins do not), so their answers get "
+                        "the tree-sitter check: python, javascript, typescript, typescriptreact")
     s.add_argument("--max-in-flight", type=int, default=16,
                    help="concurrent requests per websocket connection, and per HTTP client address")
     _engine_args(s)

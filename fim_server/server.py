@@ -63,6 +63,7 @@ class ServerConfig:
     max_message_bytes: int = MAX_MESSAGE_BYTES  # larger messages get a "too_large" error
     max_in_flight: int = 16  # per connection
     insecure_no_token: bool = False  # allow a non-loopback host without a token (logged as a warning)
+    http_language: str | None = None  # the language of HTTP requests that name none (plugins do not)
 
 
 def is_loopback(host: str) -> bool:

@@ -20,6 +20,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
@@ -318,6 +319,8 @@ class HttpConnection(asyncio.Protocol):
             rid = f"http-{self.front.prefix}-{next(self.front.ids)}"
             call = (fim_http.parse_infill(body, rid) if api == "llamacpp"
                     else fim_http.parse_openai(body, rid, api))
+            if call.req.language is None and self.front.config.http_language:  # turns the syntax check on
+                call = replace(call, req=replace(call.req, language=self.front.config.http_language))
             if call.warm_only:  # llama.cpp would only cache the prompt; `input_extra` is not used yet
                 empty = InfillResult(id=rid, text="", valid=None, tokens=0, forward_passes=0, ms=0.0)
                 self._send_json(200, fim_http.infill_response(call, engine.model_name, "", None, empty))

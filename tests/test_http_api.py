@@ -349,3 +349,22 @@ async def test_an_engine_failure_is_a_500_and_the_server_carries_on(tokenizer):
         srv.close()
         await srv.wait_closed()
         engine.close()
+
+
+async def test_serve_language_turns_on_the_syntax_check_for_plugins(tokenizer):
+    """Plugins send no language; `diffill serve --language python` checks their answers anyway."""
+    engine = scripted_engine(tokenizer, text_script(tokenizer, " foo))"))
+    body = json.dumps({"prompt": "x =", "suffix": "\n", "max_tokens": 8})
+    answers = []
+    try:
+        for language in (None, "python"):
+            srv = await start_server(engine, ServerConfig(port=0, http_language=language))
+            try:
+                _, _, raw = await http(srv.sockets[0].getsockname()[1], "POST", "/v1/completions", body)
+                answers.append(json.loads(raw)["choices"][0]["text"])
+            finally:
+                srv.close()
+                await srv.wait_closed()
+    finally:
+        engine.close()
+    assert answers == [" foo))", ""]  # unchecked as written; checked: it does not parse, so it is dropped
