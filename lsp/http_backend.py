@@ -48,7 +48,7 @@ class _Conn:
 def endpoint(base: str, api: str) -> tuple[str, str]:
     """-> (the URL the requests go to, its path). `base` is the server (`http://host:port`, or with `/v1`),
     or the endpoint itself."""
-    path = fim_http.client_request(api, InfillRequest(id="", prefix="", suffix=""), None)[0]
+    path = fim_http.PATHS[api]
     url = urlsplit(base)
     if url.scheme not in ("http", "https") or not url.hostname:
         raise ValueError(f"not an http(s) URL: {base!r}")

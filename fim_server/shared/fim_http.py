@@ -24,9 +24,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fim_server.shared.errors import DiffillError, ProtocolError
-from fim_server.shared.protocol import MAX_CANDIDATES, MAX_STEPS_LIMIT, MAX_TOKENS_LIMIT, InfillRequest
+from fim_server.shared.protocol import (
+    MAX_CANDIDATES,
+    MAX_STEPS_LIMIT,
+    MAX_TOKENS_LIMIT,
+    InfillRequest,
+    reject_constant,
+)
 
-APIS = ("openai", "inception", "llamacpp")
+PATHS = {"openai": "/v1/completions", "inception": "/v1/fim/completions", "llamacpp": "/infill"}  # per API
+APIS = tuple(PATHS)
 MAX_STOPS = 8
 MAX_STOP_CHARS = 256
 DEFAULT_MAX_TOKENS = 64  # the engine's default; OpenAI's own default (16) cuts most multi-line answers short
@@ -87,7 +94,7 @@ class Call:
 # ---- server side: requests -----------------------------------------------------------------------------------
 def _load(body: bytes) -> dict:
     try:
-        msg = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        msg = json.loads(body.decode("utf-8"), parse_constant=reject_constant)
     except UnicodeDecodeError as e:
         raise ApiError(400, f"request body is not UTF-8 ({e.reason} at byte {e.start})", "bad_utf8") from None
     except (ValueError, RecursionError) as e:
@@ -95,10 +102,6 @@ def _load(body: bytes) -> dict:
     if not isinstance(msg, dict):
         raise ApiError(400, "request body must be a JSON object", "bad_json")
     return msg
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _get(msg: dict, name: str, types: tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
@@ -362,14 +365,12 @@ def client_request(api: str, req: InfillRequest, model: str | None) -> tuple[str
         body: dict[str, Any] = {"input_prefix": req.prefix, "input_suffix": req.suffix, "prompt": "",
                                 "n_predict": req.max_tokens, "stream": False, "cache_prompt": True,
                                 "temperature": req.temperature}
-        path = "/infill"
     elif api in ("openai", "inception"):
         body = {"prompt": req.prefix, "suffix": req.suffix, "max_tokens": req.max_tokens, "stream": False,
                 "temperature": req.temperature}
         model = model or ("mercury-coder" if api == "inception" else None)
         if model:
             body["model"] = model
-        path = "/v1/fim/completions" if api == "inception" else "/v1/completions"
     else:
         raise ValueError(f"unknown HTTP API {api!r}; expected one of {APIS}")
     # Diffill's own knobs: a diffill server uses them, others ignore unknown fields (hosted APIs may not:
@@ -377,7 +378,7 @@ def client_request(api: str, req: InfillRequest, model: str | None) -> tuple[str
     for name in ("language", "steps", "threshold"):
         if getattr(req, name) is not None and api != "inception":
             body[name] = getattr(req, name)
-    return path, body
+    return PATHS[api], body
 
 
 def client_text(api: str, status: int, raw: bytes) -> tuple[str, int]:

@@ -135,7 +135,8 @@ def _field(msg: dict, name: str, types: tuple[type, ...], rid: str | None, *, re
     return v
 
 
-def _no_constant(name: str) -> None:
+def reject_constant(name: str) -> None:
+    """json.loads' parse_constant: NaN, Infinity and -Infinity are not JSON numbers."""
     raise ValueError(f"{name} is not a JSON number")
 
 
@@ -156,7 +157,7 @@ def parse_client_message(raw: str | bytes) -> InfillRequest | EditRequest | Canc
         except UnicodeDecodeError as e:
             raise ProtocolError("bad_utf8", f"message is not valid UTF-8 ({e.reason} at byte {e.start})") from None
     try:
-        msg = json.loads(raw, parse_constant=_no_constant)
+        msg = json.loads(raw, parse_constant=reject_constant)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, NaN/Infinity, ints of thousands of digits
         raise ProtocolError("bad_json", f"message is not JSON: {e}") from None
     if not isinstance(msg, dict):
