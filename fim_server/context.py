@@ -56,6 +56,15 @@ def heal_count(tok: Tokenizer, p_ids: list[int], mode: str) -> int:
     return 0
 
 
+class Window(NamedTuple):
+    prefix_ids: list[int]
+    suffix_ids: list[int]
+    truncated: bool
+    prefix: str
+    suffix: str
+    heal: str
+
+
 def build_context(tok: Tokenizer, prefix: str, suffix: str, max_tokens: int, max_seq_len: int,
                   suffix_share: float = 0.25, heal: str = "off") -> Context:
     """Context ids `<suf> suffix <pre> prefix <mid>` within the model's window, keeping the text nearest
@@ -68,6 +77,15 @@ def build_context(tok: Tokenizer, prefix: str, suffix: str, max_tokens: int, max
     per keystroke. Measured before this: every keystroke in a file longer than the window missed the
     cache and paid a full prefill (~40 ms of a ~70 ms request)."""
     budget = max_seq_len - min(max_tokens + 1, 128) - 3
+    w = cut_window(tok, prefix, suffix, budget, suffix_share, heal)
+    ids = [tok.suffix_id, *w.suffix_ids, tok.prefix_id, *w.prefix_ids, tok.middle_id]
+    return Context(ids, w.truncated, w.prefix, w.suffix, w.heal)
+
+
+def cut_window(tok: Tokenizer, prefix: str, suffix: str, budget: int, suffix_share: float = 0.25,
+               heal: str = "off") -> Window:
+    """The prefix's and suffix's tokens nearest the cursor, `budget` tokens in all (see build_context: the
+    cut points move in steps while the user types), with the healed prefix end split off."""
     # bound tokenizer work on huge documents (no token is shorter than one character), at stable cuts
     start = max(0, len(prefix) - budget * 8) // 2048 * 2048
     if start:
@@ -94,8 +112,7 @@ def build_context(tok: Tokenizer, prefix: str, suffix: str, max_tokens: int, max
             p_ids, p_win = p_ids[:-k], p_win[: len(p_win) - len(healed)]
         else:
             healed = ""
-    ids = [tok.suffix_id, *s_ids, tok.prefix_id, *p_ids, tok.middle_id]
-    return Context(ids, truncated, p_win, s_win, healed)
+    return Window(p_ids, s_ids, truncated, p_win, s_win, healed)
 
 
 class ContextCache:

@@ -57,6 +57,11 @@ class DecodeConfig:
     # token healing (fim_server.context.heal_count): "off", "whitespace" or "token"; see bench/RESULTS.md for
     # what each does to HumanEval-infilling pass@1
     heal: str = "whitespace"
+    # published models (fim_server.bidir) attend bidirectionally, so no context cache is exact: with N > 0,
+    # the prefix's and suffix's keys/values are computed with the whole sequence, reused for N - 1 passes
+    # that recompute only the middle (Fast-dLLM's "dual cache"), then refreshed; 0: every pass is whole
+    kv_refresh: int = 0
+    published_window: int = 2048  # published models: prefix + suffix tokens a request may use
 
 
 @dataclass(eq=False)
@@ -89,6 +94,11 @@ class Middle:
     heal_tokens: int = 0  # how many prefix tokens `heal` was
     logprob: float = 0.0  # sum of log p of each token when it was committed (candidates are ranked by it)
     scored: int = 0  # tokens in `logprob`
+    # published models (fim_server.bidir): the suffix's ids after the slots, the slots in the sequence (the
+    # live ones, then <eom> fill where a committed <eom> cut the middle), and the approximate context cache
+    suffix_ids: list[int] = field(default_factory=list)
+    canvas: int = 0
+    approx: object = None
 
     @property
     def mean_logprob(self) -> float:
@@ -178,11 +188,7 @@ class Decoder:
         j = torch.arange(ids.numel())
         masked = (j[None, :] % G == torch.arange(G)[:, None]) & (j[None, :] < n)  # (G, M)
         rows = torch.where(masked, tok.mask_id, ids[None, :])
-        T = len(m.ctx_ids)
-        pos = (T + j)[None].expand(G, -1)
-        ctx = [(k.expand(G, -1, -1, -1), v.expand(G, -1, -1, -1)) for k, v in m.ctx_kv]
-        h = self.model.denoise_hidden(rows.to(self.device), pos.to(self.device), ctx, mask=None)  # (G, M, D)
-        logits = self.model.logits(h[masked.to(self.device)]).float().cpu()  # (n, V), ordered by (g, j)
+        logits = self._rows_logits(m, rows, masked)  # (n, V), ordered by (g, j)
         logits[:, self._banned] = float("-inf")
         order = masked.nonzero()[:, 1]  # the token index of each logits row
         logp = torch.log_softmax(logits, dim=-1)
@@ -193,6 +199,16 @@ class Decoder:
         back = torch.empty_like(order)
         back[order] = torch.arange(order.numel())
         return own[back], rival[back]  # in token order
+
+    def _rows_logits(self, m: Middle, rows: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Logits at the `masked` (G, M) slots of G variants `rows` (G, M) of m's middle, all in one pass ->
+        (n, V) float on the CPU, ordered by (row, slot) (fim_server.bidir overrides this)."""
+        G, M = rows.shape
+        T = len(m.ctx_ids)
+        pos = torch.arange(T, T + M)[None].expand(G, -1)
+        ctx = [(k.expand(G, -1, -1, -1), v.expand(G, -1, -1, -1)) for k, v in m.ctx_kv]
+        h = self.model.denoise_hidden(rows.to(self.device), pos.to(self.device), ctx, mask=None)  # (G, M, D)
+        return self.model.logits(h[masked.to(self.device)]).float().cpu()
 
     def _keep_if_unsure(self, m: Middle) -> None:
         """A rewritten region stands only if the model finds it more likely than the original, as a whole, by
@@ -211,8 +227,29 @@ class Decoder:
     # ---- one forward pass ------------------------------------------------------------------------------------
     def forward(self, batch: list[Middle]) -> list[torch.Tensor]:
         """ONE forward pass over the middles of `batch` -> per middle, logits (n_masked, V) at its masked slots."""
-        tok, model = self.tok, self.model
+        tok = self.tok
         self.stats["denoise_passes"] += 1
+        logits = self._masked_logits(batch)  # (N_total, V), float, on the CPU
+        logits[:, self._banned] = float("-inf")  # only text or <eom> may be committed
+        out, off = [], 0
+        for m in batch:
+            n = int((m.slots == tok.mask_id).sum())
+            part = logits[off: off + n]
+            if m.revise_threshold is not None:
+                part[:, tok.eom_id] = float("-inf")  # a revised region keeps its token count
+                if self.config.revise_margin:  # the original token's head start (see DecodeConfig)
+                    slot = (m.slots == tok.mask_id).nonzero()[:, 0]
+                    part[torch.arange(n), torch.tensor(m.original_ids)[slot]] += self.config.revise_margin
+            if m.heal:
+                self._constrain_heal(m, part)
+            out.append(part)
+            off += n
+        return out
+
+    def _masked_logits(self, batch: list[Middle]) -> torch.Tensor:
+        """The model's logits at every masked slot of `batch`, middle after middle, slot order -> (N_total, V)
+        float on the CPU (fim_server.bidir overrides this for published models)."""
+        tok, model = self.tok, self.model
         if len(batch) == 1:
             m = batch[0]
             T = len(m.ctx_ids)
@@ -234,22 +271,7 @@ class Decoder:
             per = [h[b, : m.slots.numel()] for b, m in enumerate(batch)]
         # logits at masked slots only, one unembedding for the whole batch
         sel = [(m.slots == tok.mask_id).to(self.device) for m in batch]
-        logits = model.logits(torch.cat([hj[sj] for hj, sj in zip(per, sel)])).float().cpu()  # (N_total, V)
-        logits[:, self._banned] = float("-inf")  # only text or <eom> may be committed
-        out, off = [], 0
-        for m, sj in zip(batch, sel):
-            n = int(sj.sum())
-            part = logits[off: off + n]
-            if m.revise_threshold is not None:
-                part[:, tok.eom_id] = float("-inf")  # a revised region keeps its token count
-                if self.config.revise_margin:  # the original token's head start (see DecodeConfig)
-                    slot = (m.slots == tok.mask_id).nonzero()[:, 0]
-                    part[torch.arange(n), torch.tensor(m.original_ids)[slot]] += self.config.revise_margin
-            if m.heal:
-                self._constrain_heal(m, part)
-            out.append(part)
-            off += n
-        return out
+        return model.logits(torch.cat([hj[sj] for hj, sj in zip(per, sel)])).float().cpu()
 
     def _batched_context(self, batch: list[Middle], t_ctx: int) -> KV:
         """The middles' context KV right-padded to t_ctx and stacked (B, H, t_ctx, Dh) per layer; rebuilt only
@@ -288,7 +310,8 @@ class Decoder:
         lead = self._lead(m)
         rest = self._heal_rest(m, lead)
         if rest:
-            logits[0, torch.from_numpy(~self.tok.compatible_ids(rest))] = float("-inf")
+            bad = torch.from_numpy(~self.tok.compatible_ids(rest))  # (tokenizer ids,); wider models ban the rest
+            logits[0, : bad.numel()][bad] = float("-inf")
         elif lead == m.heal:
             logits[0, self.tok.eom_id] = float("-inf")
 

@@ -2,7 +2,8 @@
 lifecycle of every request it is given.
 
 Contract:
-- `Engine.load(path, device)` loads a model directory (config.json, model.safetensors, tokenizer.json).
+- `Engine.load(path, device)` loads a model directory (config.json, model.safetensors, tokenizer.json): Diffill's
+  own, or a published diffusion model (fim_server/families.py, decoded by fim_server/bidir.py).
 - `engine.submit(req, on_update)` / `engine.submit_edit(req)` must be called inside a running event loop;
   they return a `Job` at once. `await job.result()` gives an `InfillResult` / `EditResult` or raises
   `Cancelled`; `on_update(text)` runs on that event loop with each new streaming draft.
@@ -129,9 +130,10 @@ class Engine:
     RequestError = RequestError
 
     def __init__(self, model: FIMDiffusionModel, tokenizer: Tokenizer, *, name: str = "model",
-                 device: str = "cpu", config: EngineConfig = EngineConfig()):
+                 device: str = "cpu", config: EngineConfig = EngineConfig(), decoder: Decoder | None = None):
         self.model, self.tok, self.model_name, self.device, self.config = model, tokenizer, name, device, config
-        self.decoder = Decoder(model, tokenizer, device=device, config=config, cache_entries=config.cache_entries)
+        self.decoder = decoder or Decoder(model, tokenizer, device=device, config=config,
+                                          cache_entries=config.cache_entries)
         self.stats = self.decoder.stats  # prefill_tokens, reused_tokens, denoise_passes
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # closed-check + enqueue are one step, so nothing lands after _CLOSE
@@ -142,7 +144,14 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", config: EngineConfig = EngineConfig()) -> Engine:
+        from fim_server import families
+
         path = Path(path)
+        if families.detect(path) is not None:  # a published diffusion model (Dream, LLaDA...): fim_server.bidir
+            from fim_server import bidir
+
+            model, tok, decoder = bidir.load(path, device=device, config=config)
+            return cls(model, tok, name=path.resolve().name, device=device, config=config, decoder=decoder)
         model = FIMDiffusionModel.load(path, device=device)
         if config.int8 and device == "cpu":
             model = quantize_int8(model)
