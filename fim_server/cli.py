@@ -20,6 +20,11 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=None, help="default confidence threshold tau (0, 1]")
     p.add_argument("--int8", action="store_true",
                    help="int8 Linear layers on CPU: ~1.5x faster, not bit-deterministic across cache hits")
+    p.add_argument("--kv-refresh", type=int, default=0, metavar="N",
+                   help="published models (Dream, LLaDA...): reuse the prefix's and suffix's keys/values for N "
+                        "passes before recomputing them (approximate, faster); 0 (default): every pass is whole")
+    p.add_argument("--window", type=int, default=2048, metavar="TOKENS",
+                   help="published models: prefix + suffix tokens a request may use (default 2048)")
 
 
 def _load_engine(a: argparse.Namespace):
@@ -30,7 +35,15 @@ def _load_engine(a: argparse.Namespace):
         kw["threshold"] = a.threshold
     if not (a.model / "config.json").exists():
         sys.exit(f"diffill: no model at {a.model} (expected config.json, model.safetensors, tokenizer.json)")
-    return Engine.load(a.model, device=a.device, config=EngineConfig(threads=a.threads, int8=a.int8, **kw))
+    if a.kv_refresh < 0 or a.window < 64:
+        sys.exit("diffill: --kv-refresh must be >= 0 and --window >= 64")
+    from fim_server.families import ModelLoadError
+
+    try:
+        return Engine.load(a.model, device=a.device, config=EngineConfig(
+            threads=a.threads, int8=a.int8, kv_refresh=a.kv_refresh, published_window=a.window, **kw))
+    except ModelLoadError as e:
+        sys.exit(f"diffill: {e}")
 
 
 def parse_position(spec: str) -> tuple[Path, int, int]:

@@ -116,17 +116,55 @@ class PublishedTokenizer(Tokenizer):
         self.prefix_id = self.suffix_id = self.middle_id = self.file_sep_id = None
 
 
-def _tokenizer_files(path: Path) -> tuple[dict, dict]:
-    tj = path / "tokenizer.json"
-    if not tj.is_file():
-        raise ModelLoadError(f"{path}: no tokenizer.json (the fast-tokenizer file the model was published with)")
+def _tokenizer_files(path: Path) -> tuple[list[dict], dict]:
+    """-> (added tokens as {"id", "content", "special"}, tokenizer_config.json or {})."""
     tc = path / "tokenizer_config.json"
+    tj = path / "tokenizer.json"
     try:
         conf = json.loads(tc.read_text()) if tc.is_file() else {}
-        data = json.loads(tj.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{path}: tokenizer file is not valid JSON ({e})") from None
-    return data, conf
+        if tj.is_file():
+            added = json.loads(tj.read_text()).get("added_tokens", [])
+        elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            added = [{"id": int(i), **t} for i, t in (conf.get("added_tokens_decoder") or {}).items()]
+        else:
+            raise ModelLoadError(f"{path}: no tokenizer.json (nor vocab.json + merges.txt): the tokenizer files the "
+                                 f"model was published with")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, AttributeError) as e:
+        if isinstance(e, ModelLoadError):
+            raise
+        raise ModelLoadError(f"{path}: tokenizer file is not valid ({e})") from None
+    added = [t for t in added if isinstance(t, dict) and isinstance(t.get("id"), int) and "content" in t]
+    return sorted(added, key=lambda t: t["id"]), conf
+
+
+def _read_tokenizer(path: Path, added: list[dict]):
+    """The `tokenizers` object: tokenizer.json, or (Dream's checkpoints ship the slow files) a Qwen2 byte-level
+    BPE built by transformers' own Qwen2Tokenizer from vocab.json + merges.txt, with the added tokens of
+    tokenizer_config.json at their ids."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTok
+
+    if (path / "tokenizer.json").is_file():
+        try:
+            return HFTok.from_file(str(path / "tokenizer.json"))
+        except Exception as e:  # the tokenizers library raises its own exception types
+            raise ModelLoadError(f"{path}/tokenizer.json cannot be read: {e}") from None
+    from transformers import Qwen2Tokenizer
+
+    try:
+        vocab = json.loads((path / "vocab.json").read_text())
+        merges = [tuple(line.split(" ")) for line in (path / "merges.txt").read_text().splitlines()
+                  if line and not line.startswith("#version")]
+        tk = Qwen2Tokenizer(vocab=vocab, merges=merges)._tokenizer
+    except Exception as e:
+        raise ModelLoadError(f"{path}: vocab.json / merges.txt cannot be read: {e}") from None
+    for t in added:
+        if tk.token_to_id(t["content"]) is None:
+            tk.add_tokens([AddedToken(t["content"], special=bool(t.get("special", True)), normalized=False)])
+        if tk.token_to_id(t["content"]) != t["id"]:
+            raise ModelLoadError(f"{path}: added token {t['content']!r} should have id {t['id']}, the vocabulary "
+                                 f"gives it {tk.token_to_id(t['content'])}")
+    return tk
 
 
 def _token_name(v) -> str | None:
@@ -137,8 +175,8 @@ def _token_name(v) -> str | None:
 
 
 def _mask_token(path: Path, fam: Family) -> int | None:
-    data, conf = _tokenizer_files(path)
-    added = {t["content"]: t["id"] for t in data.get("added_tokens", []) if isinstance(t, dict) and "id" in t}
+    tokens, conf = _tokenizer_files(path)
+    added = {t["content"]: t["id"] for t in tokens}
     names = [n for n in (_token_name(conf.get("mask_token")), *fam.mask_tokens) if n]
     for n in names:
         if n in added:
@@ -147,14 +185,8 @@ def _mask_token(path: Path, fam: Family) -> int | None:
 
 
 def load_tokenizer(path: Path, fam: Family, cfg: dict) -> PublishedTokenizer:
-    from tokenizers import Tokenizer as HFTok
-
-    data, conf = _tokenizer_files(path)
-    try:
-        tk = HFTok.from_file(str(path / "tokenizer.json"))
-    except Exception as e:  # the tokenizers library raises its own exception types
-        raise ModelLoadError(f"{path}/tokenizer.json cannot be read: {e}") from None
-    added = [t for t in data.get("added_tokens", []) if isinstance(t, dict) and "id" in t]
+    added, conf = _tokenizer_files(path)
+    tk = _read_tokenizer(path, added)
     by_name = {t["content"]: t["id"] for t in added}
 
     def named(key: str) -> int | None:

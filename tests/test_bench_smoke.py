@@ -95,3 +95,13 @@ def test_rewrite_safety_bench_runs(tmp_path):
         r = res[label]
         assert r["planted_fixed"] + r["planted_changed_otherwise"] + r["planted_kept"] == res["planted"]
         assert 0 <= r["correct_changed"] <= 3
+
+
+def test_published_gpu_bench_runs_on_a_tiny_shape(tmp_path):
+    """The GPU benchmark's code path (7B shape on CUDA) run on a tiny shape on the CPU: every table is filled."""
+    res = run_bench("published_gpu.py", tmp_path / "p.json", "--shape", "tiny", "--device", "cpu", "--runs", "1",
+                    "--quick", "--prefix-tokens", "96", "--suffix-tokens", "32")
+    assert {r["kv_refresh"] for r in res["diffusion"]} == {0, 4} and all(r["p50_ms"] > 0 for r in res["diffusion"])
+    assert [r["clients"] for r in res["throughput"]] == [1, 4, 1, 4]
+    assert {r["cache"] for r in res["autoregressive"]} == {"dynamic", "static"}
+    assert all("p50_ms" in r for r in res["autoregressive"]), res["autoregressive"]

@@ -238,3 +238,24 @@ def test_llada_shard_missing_is_named(published, tmp_path):
 
 def test_diffill_model_is_not_taken_for_a_published_one(shipped_model_dir):
     assert families.detect(shipped_model_dir) is None
+
+
+def test_slow_tokenizer_files_are_read_with_transformers_qwen2_tokenizer(published, tmp_path):
+    """Checkpoints that ship vocab.json + merges.txt (and the added tokens in tokenizer_config.json) instead of
+    tokenizer.json load too, with every special token at its published id."""
+    path = _copy(published, "dream", tmp_path)
+    tj = json.loads((path / "tokenizer.json").read_text())
+    (path / "vocab.json").write_text(json.dumps(tj["model"]["vocab"]))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    conf = json.loads((path / "tokenizer_config.json").read_text())
+    conf["added_tokens_decoder"] = {str(t["id"]): {"content": t["content"], "special": True}
+                                    for t in tj["added_tokens"]}
+    (path / "tokenizer_config.json").write_text(json.dumps(conf))
+    (path / "tokenizer.json").unlink()
+    _, ids = published["dream"][1:]
+    _, tok, dec = bidir.load(path)
+    assert (tok.mask_id, tok.eom_id, tok.bos_id) == (ids["<|mask|>"], ids["<|endoftext|>"], ids["<|beginoftext|>"])
+    assert tok.decode(tok.encode(PREFIX + SUFFIX)) == PREFIX + SUFFIX
+    res = reference_infill(dec, InfillRequest(id="s", prefix=PREFIX, suffix=SUFFIX, language="python", max_tokens=6))
+    assert res.forward_passes >= 1
