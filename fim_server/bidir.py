@@ -7,7 +7,9 @@ is Diffill's own (fim_server/decoder.py: confidence-threshold commits, the leftm
 the middle, extension in blocks while the slots fill with text, tree-sitter repair by re-masking), so the
 length is found as for the embedded model: start with a few slots and extend while they fill with text, not a
 fixed mask count. A committed end token cuts the live middle; the slots after it stay in the sequence as end
-tokens, the padding these models saw after an answer in training.
+tokens, the padding these models saw after an answer in training. DreamOn, trained for variable-length
+infilling, instead keeps its own states: a slot that commits <|expand|> becomes two masked slots and one
+that commits an end token is deleted (`BidirDecoder._resize`).
 
 Caching: nothing is exact here (a context token's keys/values depend on the middle it sees). With
 `kv_refresh` N > 0 the prefix's and suffix's keys/values from a whole pass are reused for the next N - 1
@@ -122,7 +124,9 @@ class BidirDecoder(Decoder):
         self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "denoise_passes": 0}
         self.cache = _NoCache()
         beyond = range(tokenizer.vocab_size, model.vocab_size)  # embedding rows no token has
-        self._banned = torch.tensor(sorted((tokenizer.special_ids - {tokenizer.eom_id}) | set(beyond)))
+        self._expand = getattr(tokenizer, "expand_id", None)  # DreamOn only (see _resize)
+        allowed = {tokenizer.eom_id, self._expand} - {None}
+        self._banned = torch.tensor(sorted((tokenizer.special_ids - allowed) | set(beyond)))
         self._ends = torch.tensor(sorted(tokenizer.end_ids))
         self._batch_kv = None
 
@@ -160,10 +164,27 @@ class BidirDecoder(Decoder):
 
     # ---- forward passes ----------------------------------------------------------------------------------------
     def _sequence(self, m: Middle) -> list[int]:
-        """prefix, the slots (live ones, then <eom> fill up to the canvas), suffix."""
+        """prefix, the slots (live ones, then <eom> fill up to the canvas), suffix (DreamOn: then <eos>, as its
+        own infilling script lays it out)."""
         m.canvas = max(m.canvas, m.slots.numel())
         fill = [self.tok.eom_id] * (m.canvas - m.slots.numel())
-        return m.ctx_ids + m.slots.tolist() + fill + m.suffix_ids
+        end = [self.tok.eom_id] if self._expand is not None else []
+        return m.ctx_ids + m.slots.tolist() + fill + m.suffix_ids + end
+
+    def _resize(self, m: Middle) -> None:
+        """DreamOn's length states (Wu et al. 2025, "DreamOn", and its infilling script): a masked slot that
+        commits <|expand|> becomes two masked slots, one that commits an end token is deleted; the middle ends
+        when no masked slot is left. Every other family: the base rule (cut after <eom>, extend when full)."""
+        if self._expand is None:
+            return super()._resize(m)
+        ids, out = m.slots.tolist(), []
+        for t in ids:
+            if t == self._expand:
+                out += [self.tok.mask_id, self.tok.mask_id]
+            elif t not in self.tok.end_ids:
+                out.append(t)
+        m.slots = torch.tensor(out, dtype=torch.long)
+        m.canvas, m.ended = len(out), False
 
     def _masked_logits(self, batch: list[Middle]) -> torch.Tensor:
         shift = int(self.model.family.shift)
@@ -185,6 +206,13 @@ class BidirDecoder(Decoder):
         logits = self.model.logits(h).float().cpu()
         # every end-like token (pad, <|eot_id|>...) means the same here: fold them into <eom>
         logits[:, self.tok.eom_id] = torch.logsumexp(logits[:, self._ends], dim=-1)
+        if self._expand is not None:  # DreamOn: no expansion past the request's budget
+            off = 0
+            for m in batch:
+                n = int((m.slots == self.tok.mask_id).sum())
+                if m.slots.numel() >= self._budget(m):
+                    logits[off: off + n, self._expand] = float("-inf")
+                off += n
         return logits
 
     def _reads(self, m: Middle, shift: int, offset: int) -> torch.Tensor:

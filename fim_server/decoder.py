@@ -348,11 +348,7 @@ class Decoder:
             m.logprob += float(lp.sum())
             m.scored += int(done.sum())
         m.steps += 1
-        m.slots, m.ended = sampler.apply_eom(m.slots, tok.eom_id)
-        extra = sampler.needs_extension(m.slots, mask_id=tok.mask_id, ended=m.ended, max_tokens=self._budget(m))
-        if extra:
-            grow = min(extra, self.config.initial_slots)
-            m.slots = torch.cat([m.slots, torch.full((grow,), tok.mask_id, dtype=torch.long)])
+        self._resize(m)
         if req.stream:
             lead_ids = self._middle_ids(m)
             lead = self.tok.decode(lead_ids)
@@ -370,6 +366,16 @@ class Decoder:
                 m.last_draft = draft
                 return draft
         return None
+
+    def _resize(self, m: Middle) -> None:
+        """After a step: cut the middle after its first <eom>; when every slot holds text and the budget allows,
+        add a block of masked slots (fim_server.bidir overrides this for DreamOn's expand/delete states)."""
+        tok = self.tok
+        m.slots, m.ended = sampler.apply_eom(m.slots, tok.eom_id)
+        extra = sampler.needs_extension(m.slots, mask_id=tok.mask_id, ended=m.ended, max_tokens=self._budget(m))
+        if extra:
+            grow = min(extra, self.config.initial_slots)
+            m.slots = torch.cat([m.slots, torch.full((grow,), tok.mask_id, dtype=torch.long)])
 
     # ---- finishing -------------------------------------------------------------------------------------------
     def finished(self, m: Middle) -> bool:

@@ -17,9 +17,9 @@ pinned to 4.4x), and none of it is executed: the weights are loaded into `transf
 modules (LLaDA's names mapped onto Llama's), and fim_server/bidir.py runs those modules without a causal
 mask. Nothing is downloaded: a directory that lacks a file is an error that names it.
 
+DreamOn (a Dream model whose tokenizer has `<|expand|>`) keeps its own length states (fim_server/bidir.py).
 Not served yet, each with its own clear error: DiffusionGemma (an encoder-decoder canvas model with block
-diffusion, natively in `transformers` 5.x: it needs its own decoding loop), LLaDA-MoE, and DreamOn's
-expand/delete length states (a DreamOn directory loads as a Dream model with a fixed-then-extended length).
+diffusion, natively in `transformers` 5.x: it needs its own decoding loop) and LLaDA-MoE.
 """
 
 from __future__ import annotations
@@ -107,9 +107,10 @@ class PublishedTokenizer(Tokenizer):
     sequence, as the families' own tokenizers add it."""
 
     def __init__(self, tk, *, mask_id: int, eom_id: int, end_ids: frozenset[int], bos_id: int | None,
-                 pad_id: int, special_ids: frozenset[int]):
+                 pad_id: int, special_ids: frozenset[int], expand_id: int | None = None):
         self._tk = tk
         self.mask_id, self.eom_id, self.pad_id, self.bos_id = mask_id, eom_id, pad_id, bos_id
+        self.expand_id = expand_id  # DreamOn: a masked slot that becomes this splits into two masked slots
         self.end_ids = end_ids
         self.special_ids = special_ids
         # Diffill's FIM tokens do not exist in these vocabularies
@@ -209,8 +210,9 @@ def load_tokenizer(path: Path, fam: Family, cfg: dict) -> PublishedTokenizer:
     if bos is None and fam is LLADA:
         bos = next(iter(_ids(cfg.get("bos_token_id"))), None)
     special = frozenset(t["id"] for t in added if t.get("special", True)) | {mask, pad, *ends}
+    expand = by_name.get("<|expand|>") if fam is DREAM else None
     return PublishedTokenizer(tk, mask_id=mask, eom_id=ends[0], end_ids=frozenset(ends) | {pad}, bos_id=bos,
-                              pad_id=pad, special_ids=special)
+                              pad_id=pad, special_ids=special, expand_id=expand)
 
 
 def _ids(v) -> list[int]:

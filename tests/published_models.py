@@ -23,6 +23,9 @@ SPECIALS = {
     "dream": (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|beginoftext|>", "<|mask|>"],
               {"bos_token": "<|beginoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
                "mask_token": "<|mask|>"}),
+    "dreamon": (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|beginoftext|>", "<|mask|>", "<|expand|>"],
+                {"bos_token": "<|beginoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                 "mask_token": "<|mask|>"}),
     "open-dcoder": (["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"],
                     {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "mask_token": "<|mask|>"}),
     "llada": (["<|startoftext|>", "<|endoftext|>", "<|eot_id|>", "<|mdm_mask|>"],
@@ -67,9 +70,10 @@ def reference(arch: str, vocab: int, tie: bool = False, seed: int = 0):
     return model
 
 
-def write_dream(out: Path, *, model_type: str = "Dream"):
+def write_dream(out: Path, *, model_type: str = "Dream", dreamon: bool = False):
+    """Dream-v0 / Dream-Coder / DiffuCoder layout; `dreamon`: DreamOn's, whose tokenizer adds <|expand|>."""
     out.mkdir(parents=True, exist_ok=True)
-    ids = write_tokenizer(out, "dream")
+    ids = write_tokenizer(out, "dreamon" if dreamon else "dream")
     vocab = max(ids.values()) + 1 + 7  # an embedding wider than the tokenizer, as Dream's is
     ref = reference("qwen2", vocab)
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(out / "model.safetensors"))

@@ -23,7 +23,8 @@ from fim_server import bidir, families  # noqa: E402
 from fim_server.decoder import DecodeConfig, Middle, reference_infill  # noqa: E402
 from fim_server.shared.protocol import EditRegion, EditRequest, InfillRequest  # noqa: E402
 
-WRITERS = {"dream": write_dream, "llada": lambda p: write_llada(p, shards=True), "open-dcoder": write_open_dcoder}
+WRITERS = {"dream": write_dream, "llada": lambda p: write_llada(p, shards=True), "open-dcoder": write_open_dcoder,
+           "dreamon": lambda p: write_dream(p, dreamon=True)}
 PREFIX = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self."
 SUFFIX = "\n\n\ndef add(a, b):\n    return a + b\n"
 
@@ -43,7 +44,7 @@ def published(tmp_path_factory):
 def test_family_is_recognised_and_logits_match_transformers(published, family):
     path, ref, ids = published[family]
     fam = families.detect(path)
-    assert fam is not None and fam.name == family
+    assert fam is not None and fam.name == family.replace("dreamon", "dream")
     lm, tok, _ = bidir.load(path)
     assert tok.mask_id == ids[fam.mask_tokens[0]]
     g = torch.Generator().manual_seed(0)
@@ -259,3 +260,28 @@ def test_slow_tokenizer_files_are_read_with_transformers_qwen2_tokenizer(publish
     assert tok.decode(tok.encode(PREFIX + SUFFIX)) == PREFIX + SUFFIX
     res = reference_infill(dec, InfillRequest(id="s", prefix=PREFIX, suffix=SUFFIX, language="python", max_tokens=6))
     assert res.forward_passes >= 1
+
+
+def test_dreamon_expands_and_deletes_slots(published):
+    """DreamOn's length states: a masked slot that commits <|expand|> becomes two masked slots, one that commits
+    the end token is deleted; text stays; <|expand|> is not offered past the request's budget."""
+    path, _, ids = published["dreamon"]
+    _, tok, dec = bidir.load(path, config=DecodeConfig(heal="off"))
+    assert tok.expand_id == ids["<|expand|>"]
+    m = Middle(req=InfillRequest(id="o", prefix=PREFIX, suffix=SUFFIX, language="python", max_tokens=6))
+    with torch.inference_mode():
+        dec.admit(m)
+        m.slots = torch.full((4,), tok.mask_id)
+        logits = torch.zeros(4, dec.model.vocab_size)
+        text_id = tok.encode("x")[0]
+        for row, token in ((0, tok.expand_id), (1, text_id), (2, tok.eom_id)):
+            logits[row, token] = 30.0  # certain; row 3 stays flat and is not committed
+        dec.commit(m, logits)
+        assert m.slots.tolist() == [tok.mask_id, tok.mask_id, text_id, tok.mask_id] and m.canvas == 4
+        assert not dec.finished(m)
+        seq = dec._sequence(m)
+        assert seq[-len(m.suffix_ids) - 1:] == m.suffix_ids + [tok.eom_id]  # suffix then <eos>, as DreamOn's
+        m.slots = torch.full((6,), tok.mask_id)  # at the budget: no more expansion
+        assert (dec.forward([m])[0][:, tok.expand_id] == float("-inf")).all()
+        m.slots = torch.full((3,), tok.mask_id)
+        assert (dec.forward([m])[0][:, tok.expand_id] > float("-inf")).all()
