@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from fim_server.context import Context, cut_window
+from fim_server.context import Context, Window, cut_window, extra_ids
 from fim_server.decoder import DecodeConfig, Decoder, Middle
 from fim_server.families import Family, PublishedTokenizer
 from fim_server.shared.protocol import InfillResult
@@ -138,18 +138,23 @@ class BidirDecoder(Decoder):
             return [self.tok.bos_id]
         return [self.tok.eom_id] if self.model.family.shift else []
 
-    def build_context(self, prefix: str, suffix: str, max_tokens: int, heal: str = "off") -> Context:
+    def _window(self, prefix: str, suffix: str, heal: str, extra) -> tuple[list[int], Window]:
+        """[<bos>] + workspace chunks (with `<|file_sep|>` where the vocabulary has it, as Qwen2.5-Coder-based
+        models were trained on repositories) and the file's own window around the cursor."""
         budget = self.config.published_window - len(self._start())
-        w = cut_window(self.tok, prefix, suffix, budget, self.config.suffix_share, heal)
-        return Context(self._start() + w.prefix_ids + w.suffix_ids, w.truncated, w.prefix, w.suffix, w.heal)
+        x_ids = extra_ids(self.tok, extra, int(budget * self.config.extra_share), self.tok.file_sep_id)
+        w = cut_window(self.tok, prefix, suffix, budget - len(x_ids), self.config.suffix_share, heal)
+        return self._start() + x_ids + w.prefix_ids, w
+
+    def build_context(self, prefix: str, suffix: str, max_tokens: int, heal: str = "off", extra=()) -> Context:
+        head, w = self._window(prefix, suffix, heal, extra)
+        return Context(head + w.suffix_ids, w.truncated, w.prefix, w.suffix, w.heal)
 
     def admit(self, m: Middle) -> int:
         req = m.req
         revise = m.revise_threshold is not None
-        budget = self.config.published_window - len(self._start())
-        w = cut_window(self.tok, req.prefix, req.suffix, budget, self.config.suffix_share,
-                       "off" if revise else self.config.heal)
-        m.ctx_ids, m.suffix_ids = self._start() + w.prefix_ids, w.suffix_ids
+        head, w = self._window(req.prefix, req.suffix, "off" if revise else self.config.heal, req.extra)
+        m.ctx_ids, m.suffix_ids = head, w.suffix_ids
         m.context_truncated, m.window_prefix, m.window_suffix, m.heal = w.truncated, w.prefix, w.suffix, w.heal
         m.heal_tokens = len(self.tok.encode(m.heal)) if m.heal else 0
         m.cached_tokens, m.prefill_ms = 0, 0.0

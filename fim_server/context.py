@@ -11,6 +11,7 @@ full prefill would compute (tests/test_model.py): typing at the cursor only appe
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -22,7 +23,7 @@ PREFIX_CUT_STEP = 64  # tokens: the prefix window's left edge moves in steps thi
 
 
 class Context(NamedTuple):
-    ids: list[int]  # <suf> suffix <pre> prefix <mid>
+    ids: list[int]  # [workspace chunks] <suf> suffix <pre> prefix <mid>
     truncated: bool  # some of the prefix or suffix did not fit the window
     prefix: str  # the prefix text the ids hold (without `heal`)
     suffix: str  # the suffix text the ids hold
@@ -66,7 +67,8 @@ class Window(NamedTuple):
 
 
 def build_context(tok: Tokenizer, prefix: str, suffix: str, max_tokens: int, max_seq_len: int,
-                  suffix_share: float = 0.25, heal: str = "off") -> Context:
+                  suffix_share: float = 0.25, heal: str = "off", extra: Sequence = (),
+                  extra_share: float = 0.5) -> Context:
     """Context ids `<suf> suffix <pre> prefix <mid>` within the model's window, keeping the text nearest
     the cursor (end of prefix, start of suffix); with `heal` (HEAL_MODES), the prefix's last tokens may move
     into the middle (see `heal_count`).
@@ -77,9 +79,29 @@ def build_context(tok: Tokenizer, prefix: str, suffix: str, max_tokens: int, max
     per keystroke. Measured before this: every keystroke in a file longer than the window missed the
     cache and paid a full prefill (~40 ms of a ~70 ms request)."""
     budget = max_seq_len - min(max_tokens + 1, 128) - 3
-    w = cut_window(tok, prefix, suffix, budget, suffix_share, heal)
-    ids = [tok.suffix_id, *w.suffix_ids, tok.prefix_id, *w.prefix_ids, tok.middle_id]
+    x_ids = extra_ids(tok, extra, int(budget * extra_share), tok.file_sep_id)
+    w = cut_window(tok, prefix, suffix, budget - len(x_ids), suffix_share, heal)
+    ids = [*x_ids, tok.suffix_id, *w.suffix_ids, tok.prefix_id, *w.prefix_ids, tok.middle_id]
     return Context(ids, w.truncated, w.prefix, w.suffix, w.heal)
+
+
+def extra_ids(tok: Tokenizer, extra: Sequence, budget: int, sep_id: int | None) -> list[int]:
+    """Workspace chunks (`ExtraChunk`s, most relevant last) as context ids, at most `budget` of them: each
+    chunk is `<file_sep> path "\n" text` (without a separator token: its text alone), whole chunks only,
+    kept from the most relevant back. They come first in the context, so while they do not change their
+    keys/values stay in the context cache as the user types."""
+    if not extra or budget <= 0:
+        return []
+    bodies = []
+    for c in extra:
+        body = (f"{c.path}\n" if c.path and sep_id is not None else "") + c.text[: budget * 8]
+        bodies.append(body if body.endswith("\n") else body + "\n")
+    out: list[int] = []
+    for ids in reversed(tok.encode_batch(bodies)):
+        ids = ([sep_id] if sep_id is not None else []) + ids
+        if len(out) + len(ids) <= budget:
+            out = ids + out
+    return out
 
 
 def cut_window(tok: Tokenizer, prefix: str, suffix: str, budget: int, suffix_share: float = 0.25,

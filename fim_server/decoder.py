@@ -61,6 +61,9 @@ class DecodeConfig:
     # the prefix's and suffix's keys/values are computed with the whole sequence, reused for N - 1 passes
     # that recompute only the middle (Fast-dLLM's "dual cache"), then refreshed; 0: every pass is whole
     kv_refresh: int = 0
+    # workspace chunks (`extra`) may take up to this share of the context window; the file's own window gets
+    # the rest. The shipped model was never trained on them: bench/workspace_context.py measures what they do
+    extra_share: float = 0.5
     published_window: int = 2048  # published models: prefix + suffix tokens a request may use
 
 
@@ -116,9 +119,9 @@ class Decoder:
         self._batch_kv: tuple[list[Middle], KV] | None = None  # see _batched_context
 
     # ---- admission ---------------------------------------------------------------------------------------
-    def build_context(self, prefix: str, suffix: str, max_tokens: int, heal: str = "off") -> Context:
+    def build_context(self, prefix: str, suffix: str, max_tokens: int, heal: str = "off", extra=()) -> Context:
         return build_context(self.tok, prefix, suffix, max_tokens, self.model.cfg.max_seq_len,
-                             self.config.suffix_share, heal)
+                             self.config.suffix_share, heal, extra, self.config.extra_share)
 
     def region(self, edit: EditRequest, i: int) -> Middle:
         """A middle for region i of an edit (not admitted yet): its context is the document around it (the
@@ -135,14 +138,15 @@ class Decoder:
             max_tokens = len(ids) + 1  # its own tokens and the <eom> after them
         req = InfillRequest(id=f"{edit.id}#{i}", prefix=edit.text[: r.start], suffix=edit.text[r.end:],
                             language=edit.language, max_tokens=max_tokens, steps=edit.steps,
-                            threshold=edit.threshold, temperature=edit.temperature)
+                            threshold=edit.threshold, temperature=edit.temperature, extra=edit.extra)
         return Middle(req=req, original=original, revise_threshold=revise_threshold, original_ids=ids)
 
     def admit(self, m: Middle) -> int:
         """Context and first slots. -> forward passes spent (1 for a revise middle's scoring pass, else 0)."""
         req = m.req
         revise = m.revise_threshold is not None
-        ctx = self.build_context(req.prefix, req.suffix, req.max_tokens, "off" if revise else self.config.heal)
+        ctx = self.build_context(req.prefix, req.suffix, req.max_tokens, "off" if revise else self.config.heal,
+                                 req.extra)
         m.ctx_ids, m.context_truncated, m.window_prefix, m.window_suffix, m.heal = ctx
         m.heal_tokens = len(self.tok.encode(m.heal)) if m.heal else 0
         t0 = time.perf_counter()

@@ -164,9 +164,9 @@ class Engine:
         """Forget every cached context (benchmarks measuring cold requests). Only while the engine is idle."""
         self.decoder.cache.clear()
 
-    def build_context(self, prefix: str, suffix: str, max_tokens: int, heal: str = "off"):
+    def build_context(self, prefix: str, suffix: str, max_tokens: int, heal: str = "off", extra=()):
         """See fim_server.context.build_context, with this engine's tokenizer, window and suffix share."""
-        return self.decoder.build_context(prefix, suffix, max_tokens, heal)
+        return self.decoder.build_context(prefix, suffix, max_tokens, heal, extra)
 
     # ---- public API (event-loop side) ---------------------------------------------------------------
     def submit(self, req: InfillRequest, on_update: Callable[[str], None] | None = None, *,

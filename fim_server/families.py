@@ -113,8 +113,9 @@ class PublishedTokenizer(Tokenizer):
         self.expand_id = expand_id  # DreamOn: a masked slot that becomes this splits into two masked slots
         self.end_ids = end_ids
         self.special_ids = special_ids
-        # Diffill's FIM tokens do not exist in these vocabularies
-        self.prefix_id = self.suffix_id = self.middle_id = self.file_sep_id = None
+        # Diffill's FIM tokens do not exist in these vocabularies; a file separator may (Qwen2.5-Coder's)
+        self.prefix_id = self.suffix_id = self.middle_id = None
+        self.file_sep_id = next((t for t in (tk.token_to_id("<|file_sep|>"),) if t in special_ids), None)
 
 
 def _tokenizer_files(path: Path) -> tuple[list[dict], dict]:

@@ -242,3 +242,36 @@ async def test_a_streamed_draft_is_never_taken_back(tokenizer):
     finally:
         eng.close()
     assert quiet.repair is not None and "g(2))" not in quiet.text
+
+
+def test_workspace_chunks_come_first_within_their_share(tokenizer):
+    """`extra` chunks go before the file's window as `<file_sep> path \\n text`, most relevant (last) kept when
+    they do not all fit their share of the window, whole chunks only."""
+    from fim_server.context import build_context
+    from fim_server.shared.protocol import ExtraChunk
+
+    a, b = ExtraChunk("util.py", "def helper(x):\n    return x + 1\n"), ExtraChunk("geo.py", "def area(w, h):\n")
+    ctx = build_context(tokenizer, "y = ", "\n", 16, 1024, extra=(a, b))
+    head = [tokenizer.file_sep_id, *tokenizer.encode("util.py\n" + a.text),
+            tokenizer.file_sep_id, *tokenizer.encode("geo.py\n" + b.text)]
+    assert ctx.ids[: len(head)] == head and ctx.ids[len(head)] == tokenizer.suffix_id
+    big = ExtraChunk("big.py", "x = 1\n" * 400)  # more than half the window: dropped whole
+    ctx = build_context(tokenizer, "y = ", "\n", 16, 1024, extra=(big, b))
+    only_b = [tokenizer.file_sep_id, *tokenizer.encode("geo.py\n" + b.text), tokenizer.suffix_id]
+    assert ctx.ids[: len(only_b)] == only_b
+    long_prefix = "z = 0\n" * 2000  # the file's window gives way to the chunks, not the other way round
+    with_extra = build_context(tokenizer, long_prefix, "\n", 16, 1024, extra=(a,))
+    without = build_context(tokenizer, long_prefix, "\n", 16, 1024)
+    assert len(with_extra.ids) <= 1024 and len(without.ids) <= 1024 and with_extra.truncated
+
+
+async def test_workspace_chunks_stay_cached_while_typing(shipped_engine):
+    from fim_server.shared.protocol import ExtraChunk
+
+    shipped_engine.clear_cache()
+    extra = (ExtraChunk("shapes.py", "class Square:\n    def __init__(self, side):\n        self.side = side\n"),)
+    prefix = "from shapes import Square\n\n\ndef total(squares):\n    return sum(s."
+    first = await shipped_engine.infill(InfillRequest(id="x1", prefix=prefix, suffix=")\n", extra=extra))
+    typed = await shipped_engine.infill(InfillRequest(id="x2", prefix=prefix + "si", suffix=")\n", extra=extra))
+    n_extra = 1 + len(shipped_engine.tok.encode("shapes.py\n" + extra[0].text))
+    assert first.context_tokens > n_extra and typed.cached_tokens >= n_extra + 10

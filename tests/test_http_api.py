@@ -11,7 +11,7 @@ from websockets.asyncio.client import connect
 
 from fim_server.server import ServerConfig, start_server
 from fim_server.shared.fim_http import AppendOnly, cut_at_stop
-from fim_server.shared.protocol import InfillRequest
+from fim_server.shared.protocol import ExtraChunk, InfillRequest
 from fim_server.web import EngineSlot
 from tests.fakes import scripted_engine, text_script
 
@@ -61,8 +61,9 @@ def sse(payload: bytes) -> list[str]:
     return [e[len("data: "):] for e in payload.decode().split("\n\n") if e.startswith("data: ")]
 
 
-async def engine_text(engine, prefix=PREFIX, suffix=SUFFIX, max_tokens=16) -> str:
-    return (await engine.infill(InfillRequest(id="ref", prefix=prefix, suffix=suffix, max_tokens=max_tokens))).text
+async def engine_text(engine, prefix=PREFIX, suffix=SUFFIX, max_tokens=16, extra=()) -> str:
+    return (await engine.infill(InfillRequest(id="ref", prefix=prefix, suffix=suffix, max_tokens=max_tokens,
+                                              extra=extra))).text
 
 
 async def test_openai_sdk_completions_with_suffix(server):
@@ -119,7 +120,8 @@ LLAMA_VIM_BODY = {  # what llama.vim (autoload/llama.vim, s:fim) posts, field fo
 
 async def test_infill_as_llama_vim_sends_it(server):
     engine, port = server
-    want = await engine_text(engine, max_tokens=128)
+    chunk = LLAMA_VIM_BODY["input_extra"][0]
+    want = await engine_text(engine, max_tokens=128, extra=(ExtraChunk(chunk["filename"], chunk["text"]),))
     # llama.vim sends "Authorization: Bearer " with no key when none is configured
     status, hdrs, body = await http(port, "POST", "/infill", json.dumps(LLAMA_VIM_BODY),
                                     {"Content-Type": "application/json", "Authorization": "Bearer "})
@@ -129,6 +131,11 @@ async def test_infill_as_llama_vim_sends_it(server):
     assert msg["content"] == want
     assert set(msg) == set(LLAMA_VIM_BODY["response_fields"])  # "timings/x" answered as a top-level key
     assert msg["timings/predicted_n"] > 0 and msg["timings/predicted_ms"] > 0 and msg["truncated"] is False
+    # the chunk of the other buffer reached the model: the prompt is longer by its tokens
+    status, _, plain = await http(port, "POST", "/infill", json.dumps({**LLAMA_VIM_BODY, "input_extra": []}))
+    n_extra = len(engine.tok.encode(chunk["filename"] + "\n" + chunk["text"])) + 1  # + <|file_sep|>
+    seen = [m["timings/prompt_n"] + m["tokens_cached"] for m in (msg, json.loads(plain))]  # context tokens
+    assert seen[0] == seen[1] + n_extra
     # streamed as llama.cpp streams /infill: partial chunks, then a final one with stop true; no [DONE]
     status, hdrs, body = await http(port, "POST", "/infill", json.dumps({**LLAMA_VIM_BODY, "stream": True,
                                                                       "response_fields": []}))

@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from fim_server.shared.protocol import CancelRequest, InfillRequest, ProtocolError, parse_client_message
+from fim_server.shared.protocol import (
+    MAX_EXTRA,
+    CancelRequest,
+    ExtraChunk,
+    InfillRequest,
+    ProtocolError,
+    parse_client_message,
+)
 
 
 def parse(obj):
@@ -78,6 +85,8 @@ def test_the_client_codec_round_trips_every_request():
             InfillRequest("b", "y", ""),
             EditRequest("c", "a = \nb = \n", (EditRegion(4, 4), EditRegion(5, 9, "revise", 16)), "python",
                         steps=3, threshold=0.9, temperature=0.2, revise_threshold=0.4),
+            InfillRequest("e", "z", "", extra=(ExtraChunk("lib/geo.py", "def area(w, h):\n"), ExtraChunk("", "x"))),
+            EditRequest("f", "a", (EditRegion(1, 1),), extra=(ExtraChunk("b.py", "b = 2\n"),)),
             CancelRequest("d")]
     for r in reqs:
         assert parse_client_message(json.dumps(request_message(r))) == r
@@ -88,3 +97,12 @@ def test_candidates_is_a_small_positive_integer():
     assert parse({"type": "infill", "id": "a", "prefix": "x"}).candidates == 1
     for bad in (0, 9, 2.5, True):
         assert code_of({"type": "infill", "id": "a", "prefix": "x", "candidates": bad}) == ("bad_field", "a")
+
+
+def test_extra_is_a_short_list_of_path_and_text():
+    ok = parse({"type": "infill", "id": "a", "prefix": "x", "extra": [{"path": "p.py", "text": "t"}, {"text": "u"}]})
+    assert ok.extra == (ExtraChunk("p.py", "t"), ExtraChunk("", "u"))
+    for bad, code in (("chunk", "bad_field"), ([1], "bad_field"), ([{"path": "p"}], "missing_field"),
+                      ([{"text": 3}], "bad_field"), ([{"text": "t", "path": 1}], "bad_field"),
+                      ([{"text": "t"}] * (MAX_EXTRA + 1), "bad_field")):
+        assert code_of({"type": "infill", "id": "a", "prefix": "x", "extra": bad}) == (code, "a"), bad

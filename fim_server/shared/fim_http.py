@@ -26,8 +26,10 @@ from typing import Any
 from fim_server.shared.errors import DiffillError, ProtocolError
 from fim_server.shared.protocol import (
     MAX_CANDIDATES,
+    MAX_EXTRA,
     MAX_STEPS_LIMIT,
     MAX_TOKENS_LIMIT,
+    ExtraChunk,
     InfillRequest,
     reject_constant,
 )
@@ -86,7 +88,6 @@ class Call:
     stops: tuple[str, ...] = ()
     echo: str = ""  # OpenAI `echo`: the prompt, put before the answer
     include_usage: bool = False
-    extra: tuple[tuple[str, str], ...] = ()  # llama.cpp `input_extra`: (filename, text) chunks
     response_fields: tuple[str, ...] = ()  # llama.cpp: answer only these ("timings/prompt_n" is lifted to the top)
     warm_only: bool = False  # llama.cpp `n_predict: 0` (llama.vim warms its cache so): answered empty at once
 
@@ -215,13 +216,15 @@ def parse_infill(body: bytes, rid: str) -> Call:
     for i, c in enumerate(chunks):
         if not isinstance(c, dict):
             raise ApiError(400, f"input_extra[{i}] must be an object {{filename, text}}", "bad_field", "input_extra")
-        extra.append((_text(c, "filename"), _text(c, "text")))
+        extra.append(ExtraChunk(_text(c, "filename"), _text(c, "text")))
     stream = _get(msg, "stream", (bool,), False)
     temperature = _get(msg, "temperature", (int, float), 0.0)
     n_predict = _max_tokens(msg, "n_predict")
+    # llama.vim's ring buffer holds up to `ring_n_chunks` chunks (16 by default, more if set), oldest first:
+    # the newest MAX_EXTRA are kept
     req = InfillRequest(id=rid, prefix=prefix, suffix=suffix, max_tokens=max(1, n_predict), stream=stream,
-                        append_only=True, **_knobs(msg, temperature))
-    return Call("llamacpp", req, None, _stops(msg), "", False, tuple(extra), tuple(fields), n_predict == 0)
+                        append_only=True, extra=tuple(extra[-MAX_EXTRA:]), **_knobs(msg, temperature))
+    return Call("llamacpp", req, None, _stops(msg), "", False, tuple(fields), n_predict == 0)
 
 
 # ---- server side: answers ------------------------------------------------------------------------------------
@@ -365,6 +368,8 @@ def client_request(api: str, req: InfillRequest, model: str | None) -> tuple[str
         body: dict[str, Any] = {"input_prefix": req.prefix, "input_suffix": req.suffix, "prompt": "",
                                 "n_predict": req.max_tokens, "stream": False, "cache_prompt": True,
                                 "temperature": req.temperature}
+        if req.extra:
+            body["input_extra"] = [{"filename": c.path, "text": c.text} for c in req.extra]
     elif api in ("openai", "inception"):
         body = {"prompt": req.prefix, "suffix": req.suffix, "max_tokens": req.max_tokens, "stream": False,
                 "temperature": req.temperature}

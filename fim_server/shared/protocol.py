@@ -26,8 +26,17 @@ MAX_STEPS_LIMIT = 1024
 MAX_ID_CHARS = 128
 MAX_REGIONS = 64  # regions in one edit request
 MAX_CANDIDATES = 8  # candidates one infill may ask for
+MAX_EXTRA = 32  # workspace chunks one request may carry
 MAX_WIRE_INT = 2**53  # integers beyond this are out of range for every field (and not exact as JSON numbers)
 EDIT_MODES = ("fill", "revise")
+
+
+@dataclass(frozen=True)
+class ExtraChunk:
+    """Text from elsewhere in the workspace (another file, another part of this one) for the model to see."""
+
+    path: str  # where it comes from, as the client names it (a workspace-relative path)
+    text: str
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,8 @@ class InfillRequest:
     # with `stream`: drafts are whole lines, each extending the last, and the answer begins with the last one
     # (the engine freezes what it has streamed). The HTTP APIs stream append-only text; not a websocket field
     append_only: bool = False
+    # workspace context, most relevant last: placed before the file's own window (fim_server/context.py)
+    extra: tuple[ExtraChunk, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class EditRequest:
     threshold: float | None = None
     temperature: float = 0.0
     revise_threshold: float | None = None  # "revise": tokens the model gives less than this are re-masked
+    extra: tuple[ExtraChunk, ...] = ()  # as InfillRequest.extra
 
 
 @dataclass(frozen=True)
@@ -180,11 +192,12 @@ def parse_client_message(raw: str | bytes) -> InfillRequest | EditRequest | Canc
     temperature = _field(msg, "temperature", (int, float), rid, default=0.0)
     if not (math.isfinite(temperature) and 0 <= temperature <= 10):
         raise ProtocolError("bad_field", f"temperature must be in [0, 10], got {temperature}", rid)
+    extra = _extra(msg, rid)
     if mtype == "edit":
         text = _field(msg, "text", (str,), rid, required=True)
         return EditRequest(id=rid, text=text, regions=_regions(msg, len(text), rid), language=language,
                            steps=steps, threshold=threshold, temperature=float(temperature),
-                           revise_threshold=_probability(msg, "revise_threshold", rid))
+                           revise_threshold=_probability(msg, "revise_threshold", rid), extra=extra)
     prefix = _field(msg, "prefix", (str,), rid, required=True)
     suffix = _field(msg, "suffix", (str,), rid, default="")
     max_tokens = _max_tokens(msg, rid)
@@ -194,7 +207,21 @@ def parse_client_message(raw: str | bytes) -> InfillRequest | EditRequest | Canc
         raise ProtocolError("bad_field", f"candidates must be 1..{MAX_CANDIDATES}, got {candidates}", rid)
     return InfillRequest(id=rid, prefix=prefix, suffix=suffix, language=language, max_tokens=max_tokens,
                          stream=stream, steps=steps, threshold=threshold, temperature=float(temperature),
-                         candidates=candidates)
+                         candidates=candidates, extra=extra)
+
+
+def _extra(msg: dict, rid: str) -> tuple[ExtraChunk, ...]:
+    """`extra`: at most MAX_EXTRA objects {path, text} (the message's size cap bounds their text)."""
+    raw = _field(msg, "extra", (list,), rid, default=[])
+    if len(raw) > MAX_EXTRA:
+        raise ProtocolError("bad_field", f"extra holds at most {MAX_EXTRA} chunks, got {len(raw)}", rid)
+    out = []
+    for i, c in enumerate(raw):
+        if not isinstance(c, dict):
+            raise ProtocolError("bad_field", f"extra[{i}] must be an object {{path, text}}", rid)
+        out.append(ExtraChunk(_field(c, "path", (str,), rid, default=""), _field(c, "text", (str,), rid,
+                                                                                 required=True)))
+    return tuple(out)
 
 
 def _probability(msg: dict, name: str, rid: str) -> float | None:
@@ -291,6 +318,8 @@ def request_message(req: InfillRequest | EditRequest | CancelRequest) -> dict:
     for name in optional:
         if getattr(req, name) is not None:
             msg[name] = getattr(req, name)
+    if req.extra:
+        msg["extra"] = [{"path": c.path, "text": c.text} for c in req.extra]
     if req.temperature:
         msg["temperature"] = req.temperature
     return msg
