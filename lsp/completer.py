@@ -94,14 +94,15 @@ class Completer:
         return last.text[len(typed):]
 
     async def complete(self, uri: str, source: str, offset: int, language: str | None, settings: Settings,
-                       backend) -> str | None:
-        """`backend`: anything with `async infill(InfillRequest) -> InfillResult` (lsp/backend.py)."""
+                       backend, extra=None) -> str | None:
+        """`backend`: anything with `async infill(InfillRequest) -> InfillResult` (lsp/backend.py); `extra`:
+        (source, (window start, end)) -> workspace chunks to send along (lsp/workspace.py), or None."""
         source, offset, line_break = to_lf(source, offset)
-        text = await self._complete(uri, source, offset, language, settings, backend)
+        text = await self._complete(uri, source, offset, language, settings, backend, extra)
         return text if text is None or line_break == "\n" else text.replace("\n", line_break)
 
     async def _complete(self, uri: str, source: str, offset: int, language: str | None, settings: Settings,
-                        backend) -> str | None:
+                        backend, extra=None) -> str | None:
         s = settings
         if not s.enabled or (language and language not in s.languages):
             return None
@@ -118,9 +119,10 @@ class Completer:
         me = asyncio.current_task()
         self.in_flight[uri] = me
         # the last line of a file often has no newline; the model learned files that end with one
+        chunks = extra(source, (start, offset + len(suffix))) if extra is not None else ()
         req = InfillRequest(id=f"lsp{next(self._ids)}", prefix=prefix, suffix=suffix or "\n", language=language,
                             max_tokens=s.max_tokens if multiline else s.single_line_max_tokens,
-                            steps=s.steps, threshold=s.threshold, candidates=s.candidates)
+                            steps=s.steps, threshold=s.threshold, candidates=s.candidates, extra=chunks)
         try:
             if backend is None:
                 raise BackendError("no backend yet: the client has not sent initialized")

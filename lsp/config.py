@@ -33,6 +33,9 @@ class Settings:
     languages: tuple[str, ...] = ("python", "javascript", "javascriptreact", "typescript", "typescriptreact")
     prefix_chars: int = 4000  # text sent before the cursor (the engine cuts to its token window)
     suffix_chars: int = 1500
+    # workspace context (lsp/workspace.py): tokens of other code sent with each completion; 0 = none. Off by
+    # default: the shipped model was not trained on it (bench/workspace_context.py)
+    context_tokens: int = 0
 
     def updated(self, options: Any) -> Settings:
         if not isinstance(options, dict):
@@ -54,6 +57,8 @@ class Settings:
                                        "api_key", "remote_model"):
                 kw[key] = None
             elif isinstance(default, bool) and isinstance(v, bool):
+                kw[key] = v
+            elif key == "context_tokens" and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 4096:
                 kw[key] = v
             elif key == "candidates" and not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8):
                 log.warning("ignoring setting %s=%r (an integer 1..8)", key, v)

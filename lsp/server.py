@@ -10,7 +10,9 @@ translate: document, offset and language in, LSP items out; what to ask and what
 lsp/completer.py's (a newer request for a document supersedes the older one; `$/cancelRequest` cancels the
 request in the engine; engine failures give an empty answer and a log line). Unknown documents and
 out-of-range positions get JSON-RPC InvalidParams errors. textDocument/didClose drops the completer's state
-for the document (pygls removes the document itself before calling the handler).
+for the document (pygls removes the document itself before calling the handler). With `contextTokens` > 0,
+didOpen/didChange/didSave/didClose also keep lsp/workspace.py's index of workspace code, whose best chunks
+go with each completion as `extra`.
 
 Hostile and broken clients: the JSON-RPC and LSP lifecycle rules (every request answered once, errors for
 bad params, requests before initialize or after shutdown, exit codes) are lsp/protocol.py's; reading frames
@@ -39,6 +41,7 @@ from lsp.http_backend import HttpBackend
 from lsp.logs import ClientLogHandler
 from lsp.protocol import DiffillProtocol, strict_converter
 from lsp.transport import serve_stdio, serve_tcp
+from lsp.workspace import WorkspaceIndex, uri_to_path
 
 log = logging.getLogger("diffill.lsp")
 
@@ -52,6 +55,7 @@ class DiffillServer(LanguageServer):
         self.settings = settings
         self.backend: EmbeddedBackend | RemoteBackend | HttpBackend | None = None
         self.completer = Completer()
+        self.index = WorkspaceIndex()  # workspace context (lsp/workspace.py); kept only while contextTokens > 0
         self.log_handler: ClientLogHandler | None = None  # logs to the client (run() sets it on stdio)
         self.watcher: asyncio.Task | None = None  # watches the client's process (initialize's processId)
         self.client_shows_ghost_text = False  # set at initialize from the client's capabilities
@@ -82,6 +86,9 @@ def initialize(ls: DiffillServer, params: types.InitializeParams) -> None:
         else:  # another PID namespace (a server in a container, say): nothing to watch from here
             log.info("the client's process %d is not visible from here: not watched", params.process_id)
     ls.settings = ls.settings.updated(params.initialization_options)
+    folders = params.workspace_folders or []
+    root = folders[0].uri if folders else params.root_uri
+    ls.index.root = uri_to_path(root) if root else None
     text_document = params.capabilities.text_document
     ls.client_shows_ghost_text = text_document is not None and text_document.inline_completion is not None
 
@@ -118,6 +125,40 @@ def did_change_configuration(ls: DiffillServer, params: types.DidChangeConfigura
     ls.settings = ls.settings.updated(params.settings)
     if backend_key(before) != backend_key(ls.settings):
         ls.make_backend()
+    if ls.settings.context_tokens and not before.context_tokens:  # turned on: index what is open now
+        for uri in list(ls.workspace.text_documents):
+            index_document(ls, uri)
+    elif not ls.settings.context_tokens and before.context_tokens:
+        ls.index = WorkspaceIndex(ls.index.root)
+
+
+def index_document(ls: DiffillServer, uri: str) -> None:
+    """(Re)index an opened or saved document and the workspace files it imports."""
+    if not ls.settings.context_tokens:
+        return
+    doc = ls.workspace.text_documents.get(uri)
+    if doc is not None:
+        ls.index.update(uri, doc.source)
+        ls.index.follow_imports(uri, doc.source, language_of(doc, uri))
+
+
+def did_open(ls: DiffillServer, params: types.DidOpenTextDocumentParams) -> None:
+    index_document(ls, params.text_document.uri)
+
+
+def did_save(ls: DiffillServer, params: types.DidSaveTextDocumentParams) -> None:
+    index_document(ls, params.text_document.uri)
+
+
+def did_change(ls: DiffillServer, params: types.DidChangeTextDocumentParams) -> None:
+    if not ls.settings.context_tokens:
+        return
+    uri = params.text_document.uri
+    doc = ls.workspace.text_documents.get(uri)
+    if doc is not None:
+        lines = [c.range.start.line for c in params.content_changes
+                 if isinstance(c, types.TextDocumentContentChangePartial)]
+        ls.index.changed(uri, doc.source, lines)
 
 
 def backend_key(s: Settings) -> tuple:
@@ -127,13 +168,20 @@ def backend_key(s: Settings) -> tuple:
 
 def did_close(ls: DiffillServer, params: types.DidCloseTextDocumentParams) -> None:
     ls.completer.forget(params.text_document.uri)
+    ls.index.remove(params.text_document.uri)
 
 
 async def complete_at(ls: DiffillServer, uri: str, position: types.Position) -> tuple[str, types.Range] | None:
     """-> (text, the empty range at the cursor), or None."""
     doc = get_document(ls.workspace, uri)
     offset = offset_of(doc, uri, position)
-    text = await ls.completer.complete(uri, doc.source, offset, language_of(doc, uri), ls.settings, ls.backend)
+    budget = ls.settings.context_tokens * 3  # characters: ~3 per token for code (bytes/token, docs/model.md)
+
+    def extra(source: str, window: tuple[int, int]):
+        return ls.index.collect(uri, source, offset, window, budget) if budget else ()
+
+    text = await ls.completer.complete(uri, doc.source, offset, language_of(doc, uri), ls.settings, ls.backend,
+                                       extra=extra)
     return None if text is None else (text, types.Range(start=position, end=position))
 
 
@@ -170,6 +218,9 @@ def build(settings: Settings = Settings()) -> DiffillServer:
     server.feature(types.INITIALIZED)(initialized)
     server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)(did_change_configuration)
     server.feature(types.TEXT_DOCUMENT_DID_CLOSE)(did_close)  # runs after pygls's own removal of the document
+    server.feature(types.TEXT_DOCUMENT_DID_OPEN)(did_open)  # these run after pygls has updated the document
+    server.feature(types.TEXT_DOCUMENT_DID_CHANGE)(did_change)
+    server.feature(types.TEXT_DOCUMENT_DID_SAVE)(did_save)
     server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())(inline_completion)
     server.feature(types.TEXT_DOCUMENT_COMPLETION,
                    types.CompletionOptions(trigger_characters=[".", "(", " "]))(completion)
