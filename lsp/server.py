@@ -41,7 +41,7 @@ from lsp.http_backend import HttpBackend
 from lsp.logs import ClientLogHandler
 from lsp.protocol import DiffillProtocol, strict_converter
 from lsp.transport import serve_stdio, serve_tcp
-from lsp.workspace import WorkspaceIndex, uri_to_path
+from lsp.workspace import REINDEX_S, WorkspaceIndex, uri_to_path
 
 log = logging.getLogger("diffill.lsp")
 
@@ -56,6 +56,7 @@ class DiffillServer(LanguageServer):
         self.backend: EmbeddedBackend | RemoteBackend | HttpBackend | None = None
         self.completer = Completer()
         self.index = WorkspaceIndex()  # workspace context (lsp/workspace.py); kept only while contextTokens > 0
+        self.reindex: asyncio.TimerHandle | None = None  # the pending re-index after typing
         self.log_handler: ClientLogHandler | None = None  # logs to the client (run() sets it on stdio)
         self.watcher: asyncio.Task | None = None  # watches the client's process (initialize's processId)
         self.client_shows_ghost_text = False  # set at initialize from the client's capabilities
@@ -159,6 +160,9 @@ def did_change(ls: DiffillServer, params: types.DidChangeTextDocumentParams) -> 
         lines = [c.range.start.line for c in params.content_changes
                  if isinstance(c, types.TextDocumentContentChangePartial)]
         ls.index.changed(uri, doc.source, lines)
+        if ls.reindex is not None:  # debounced: REINDEX_S after the last change
+            ls.reindex.cancel()
+        ls.reindex = asyncio.get_running_loop().call_later(REINDEX_S, ls.index.refresh)
 
 
 def backend_key(s: Settings) -> tuple:

@@ -2,10 +2,11 @@
 
 - Documents are cut into overlapping chunks of CHUNK_LINES lines (a new chunk every STEP lines) and indexed
   for BM25 (Robertson and Zaragoza 2009, "The Probabilistic Relevance Framework: BM25 and Beyond"; k1 1.2,
-  b 0.75) over identifier terms. Indexing happens when a document is opened, saved or (at most every
-  REINDEX_S seconds while it is typed in) changed, never per request; files the open documents import
-  (Python `import` / `from ... import`, JS/TS relative `import ... from './x'` / `require('./x')`) are read
-  from disk under the workspace root and indexed the same way, re-read when their mtime changes.
+  b 0.75) over identifier terms. Indexing happens when a document is opened or saved, and REINDEX_S after
+  typing in it pauses (the language server's timer), never inside the request being typed for; files the
+  open documents import (Python `import` / `from ... import`, JS/TS relative `import ... from './x'` /
+  `require('./x')`) are read from disk under the workspace root and indexed the same way, re-read when their
+  mtime changes.
 - `collect` ranks chunks against the identifiers around the cursor (language keywords left out; those on the
   cursor's line and the one before weigh three times): only chunks sharing a term are scored (an inverted
   index), terms in more than half of the chunks are ignored; a chunk that defines a name used at the cursor
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,8 @@ MAX_DISK_FILES = 64  # imported files kept in the index
 RECENT_EDITS = 16
 K1, B = 1.2, 0.75
 COMMON_FROM = 10  # with this many chunks or more, terms in over half of them are ignored
+MAX_CANDIDATES = 64  # best-scored chunks looked at when filling the budget
+MIN_CHUNK_CHARS = 80  # less budget than this left: stop looking
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]+")
 _DEFINES = re.compile(r"\b(?:def|class|function|interface|type|enum|const|let|var)\s+([A-Za-z_][A-Za-z0-9_]*)")
 # keywords of the languages served: they say nothing about which code is relevant
@@ -58,6 +60,7 @@ class Chunk:
     text: str
     terms: Counter
     defines: frozenset  # names this chunk defines (def/class/function/const...)
+    length: int = 0  # terms in it
 
 
 def uri_to_path(uri: str) -> Path | None:
@@ -71,9 +74,9 @@ class WorkspaceIndex:
         self.chunks: dict[str, list[Chunk]] = {}  # uri -> its chunks
         self.postings: dict[str, dict[int, int]] = defaultdict(dict)  # term -> {id(chunk): tf}
         self.by_id: dict[int, Chunk] = {}
+        self.lengths: dict[int, int] = {}  # id(chunk) -> its length in terms
         self.df: Counter = Counter()
         self.total_len = 0
-        self.indexed_at: dict[str, float] = {}
         self.dirty: dict[str, str] = {}  # uri -> text not indexed yet
         self.disk: dict[Path, float] = {}  # imported file -> mtime indexed
         self.edits: deque[tuple[str, int]] = deque(maxlen=RECENT_EDITS)
@@ -105,24 +108,26 @@ class WorkspaceIndex:
             if start + CHUNK_LINES >= len(lines):
                 break
         for c in out:
+            c.length = sum(c.terms.values())
             self.by_id[id(c)] = c
+            self.lengths[id(c)] = c.length
             for t, n in c.terms.items():
                 self.postings[t][id(c)] = n
                 self.df[t] += 1
-            self.total_len += sum(c.terms.values())
+            self.total_len += c.length
         self.chunks[uri] = out
-        self.indexed_at[uri] = time.monotonic()
         self.dirty.pop(uri, None)
 
     def remove(self, uri: str) -> None:
         for c in self.chunks.pop(uri, []):
             self.by_id.pop(id(c), None)
+            self.lengths.pop(id(c), None)
             for t in c.terms:
                 self.postings[t].pop(id(c), None)
                 self.df[t] -= 1
                 if not self.df[t]:
                     del self.df[t], self.postings[t]
-            self.total_len -= sum(c.terms.values())
+            self.total_len -= c.length
         self.dirty.pop(uri, None)
 
     def changed(self, uri: str, text: str, lines: list[int]) -> None:
@@ -131,12 +136,12 @@ class WorkspaceIndex:
             self.edits.append((uri, line))
         self.dirty[uri] = text
 
-    def refresh(self, current: str | None = None) -> None:
-        """Index changed documents: all of them, except that the one being typed in (`current`) waits until
-        REINDEX_S has passed since its last indexing (its chunks near the cursor are skipped anyway)."""
-        now = time.monotonic()
+    def refresh(self, skip: str | None = None) -> None:
+        """Index changed documents, but not `skip` (the one a completion is being made for: re-chunking it
+        would cost that request milliseconds, and its chunks near the cursor are skipped anyway; the language
+        server re-indexes it REINDEX_S after the typing, between requests)."""
         for uri, text in list(self.dirty.items()):
-            if uri != current or now - self.indexed_at.get(uri, 0.0) >= REINDEX_S:
+            if uri != skip:
                 self.update(uri, text)
 
     def follow_imports(self, uri: str, text: str, language: str | None) -> None:
@@ -197,7 +202,7 @@ class WorkspaceIndex:
         window [start, end) (str offsets) already sent, at most `budget_chars` of text, most relevant last."""
         if budget_chars <= 0 or not self.by_id:
             return ()
-        self.refresh(current=uri)
+        self.refresh(skip=uri)
         lo, hi = window
         w_first, w_last = source.count("\n", 0, lo), source.count("\n", 0, hi)
         query = Counter(t for t in _IDENT.findall(source[max(lo, offset - 1500): min(hi, offset + 500)])
@@ -216,11 +221,10 @@ class WorkspaceIndex:
             df = self.df.get(term, 0)
             if not df or (n >= COMMON_FROM and df > n / 2):
                 continue  # unknown, or too common to tell chunks apart
-            idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+            w = query[term] * math.log(1 + (n - df + 0.5) / (df + 0.5)) * (K1 + 1)
+            lengths, a, b = self.lengths, K1 * (1 - B), K1 * B / avg
             for cid, tf in self.postings[term].items():
-                c = self.by_id[cid]
-                length = sum(c.terms.values())
-                scores[cid] += query[term] * idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * length / avg))
+                scores[cid] += w * tf / (tf + a + b * lengths[cid])
         for cid in scores:
             c = self.by_id[cid]
             if c.defines and any(t in query for t in c.defines):
@@ -229,17 +233,19 @@ class WorkspaceIndex:
                 scores[cid] *= 1.5  # code the person just edited
         window_text = source[lo:hi]
         picked, used, seen = [], 0, set()
-        for cid, score in sorted(scores.items(), key=lambda kv: -kv[1]):
+        for cid, score in sorted(scores.items(), key=lambda kv: -kv[1])[:MAX_CANDIDATES]:
             c = self.by_id[cid]
-            if c.uri == uri and c.start <= w_last and c.end > w_first:
-                continue  # the model sees these lines already
-            body = c.text.strip()
-            if body in seen or body in window_text or used + len(c.text) > budget_chars:
-                continue
+            if used + len(c.text) > budget_chars or (c.uri == uri and c.start <= w_last and c.end > w_first):
+                continue  # too long for what is left, or lines the model sees already
             if any(p.uri == c.uri and p.start < c.end and c.start < p.end for p, _ in picked):
                 continue  # overlaps a chunk already taken
+            body = c.text.strip()
+            if body in seen or body in window_text:
+                continue
             seen.add(body)
             picked.append((c, score))
             used += len(c.text)
+            if budget_chars - used < MIN_CHUNK_CHARS:
+                break
         picked.sort(key=lambda pc: pc[1])  # most relevant last
         return tuple(ExtraChunk(c.path, c.text) for c, _ in picked)

@@ -58,19 +58,14 @@ def test_removing_a_document_forgets_its_chunks_and_terms():
     assert all(c.uri != "file:///w/geo.py" for c in idx.by_id.values())
 
 
-def test_a_document_being_typed_in_is_rechunked_at_most_every_few_seconds(monkeypatch):
-    import lsp.workspace as ws
-
-    idx = index_of(geo=GEO)
-    t = [1000.0]
-    monkeypatch.setattr(ws.time, "monotonic", lambda: t[0])
-    idx.update("file:///w/geo.py", GEO)
+def test_a_document_being_typed_in_is_not_rechunked_inside_its_own_request():
+    idx = index_of(geo=GEO, main=MAIN)
     idx.changed("file:///w/geo.py", GEO + "\ndef volume(w, h, d):\n    return w * h * d\n", [40])
-    idx.refresh(current="file:///w/geo.py")
-    assert "volume" not in idx.df  # typed in just now: not yet
-    t[0] += ws.REINDEX_S
-    idx.refresh(current="file:///w/geo.py")
-    assert idx.df["volume"] == 1 and idx.edits[-1] == ("file:///w/geo.py", 40)
+    idx.changed("file:///w/main.py", MAIN + "volume(", [4])
+    idx.collect("file:///w/main.py", MAIN, len(MAIN), (0, len(MAIN)), 2000)
+    assert idx.df["volume"] == 1 and "file:///w/main.py" in idx.dirty  # the other one is, this one waits
+    idx.refresh()  # the language server's timer, after the typing
+    assert idx.df["volume"] == 2 and not idx.dirty and idx.edits[-1] == ("file:///w/main.py", 4)
 
 
 def test_imported_files_are_read_from_the_workspace(tmp_path):

@@ -10,6 +10,7 @@ export interface Settings {
   backend: string; // for an http(s) serverUrl: "openai", "inception" or "llamacpp"; "" = openai
   apiKey: string; // for an http(s) serverUrl; "" = the DIFFILL_API_KEY environment variable
   remoteModel: string; // the `model` sent to an http(s) serverUrl; "" = the backend's default
+  contextTokens: number; // workspace context sent with each completion (lsp/workspace.py); 0 = none
   command: string[];
   pythonPath: string;
 }
@@ -23,6 +24,7 @@ export const DEFAULTS: Settings = {
   backend: "",
   apiKey: "",
   remoteModel: "",
+  contextTokens: 0,
   command: [],
   pythonPath: "",
 };
@@ -52,6 +54,7 @@ export function serverOptions(s: Settings): { diffill: Record<string, unknown> }
     backend: BACKENDS.includes(s.backend) ? s.backend : null,
     apiKey: s.apiKey.trim() === "" ? null : s.apiKey.trim(),
     remoteModel: s.remoteModel.trim() === "" ? null : s.remoteModel.trim(),
+    contextTokens: Math.max(0, Math.min(4096, Math.round(s.contextTokens))),
   };
   return { diffill: opts };
 }
@@ -90,6 +93,7 @@ export function readSettings(get: (key: string) => unknown): Settings {
     backend: pick("backend", (v) => typeof v === "string"),
     apiKey: pick("apiKey", (v) => typeof v === "string"),
     remoteModel: pick("remoteModel", (v) => typeof v === "string"),
+    contextTokens: pick("contextTokens", (v) => typeof v === "number" && v >= 0),
     command: pick("command", isStrArray),
     pythonPath: pick("pythonPath", (v) => typeof v === "string"),
   };

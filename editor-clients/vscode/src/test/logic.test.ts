@@ -40,6 +40,9 @@ test("server options are clamped and empty strings become null", () => {
   const h = serverOptions({ ...DEFAULTS, serverUrl: "https://api.example/v1", backend: "inception", apiKey: " k " });
   assert.deepEqual([h.diffill.backend, h.diffill.apiKey], ["inception", "k"]);
   assert.equal(serverOptions({ ...DEFAULTS, backend: "grpc" }).diffill.backend, null);
+  assert.equal(o.contextTokens, 0);
+  assert.equal(serverOptions({ ...DEFAULTS, contextTokens: 9000 }).diffill.contextTokens, 4096);
+  assert.equal(serverOptions({ ...DEFAULTS, contextTokens: 255.6 }).diffill.contextTokens, 256);
 });
 
 test("status text shows state, backend and latency", () => {

@@ -1,0 +1,147 @@
+"""What workspace context (`extra`, lsp/workspace.py) does for whole-line completions on files the model never
+trained on (issue: "Context from the rest of the workspace").
+
+    python bench/workspace_context.py --n 120
+
+Cases: whole lines in function bodies of the held-out packages (bench/realfiles.py: marshmallow, boltons, arrow),
+the cursor after the line's indentation, the hole the rest of the line; the language server's window around
+it. The workspace is modelled as an editor session: the files the current file imports (read from disk, as
+the language server does) and up to 4 other files of its directory as open tabs, indexed by
+`lsp.workspace.WorkspaceIndex`. Three conditions on the same cases, with the same engine:
+- none: no extra (what the language server sends by default);
+- collected: the index's chunks for the cursor, `--context-tokens` (256) of them;
+- oracle (only cases whose line appears verbatim in another file of the package): one chunk holding that
+  line, placed last: can the model copy an answer it is shown?
+Exact match: the completion's first line equals the hole's line (both stripped). Also: how often the line is
+in the package's other files at all, how often the collected chunks hold it, and what collection costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import pct, write_results  # noqa: E402
+from bench.realfiles import CACHE, PACKAGES, Hole, _candidates, _pick, _read, heldout_files  # noqa: E402
+
+TABS = 4
+
+
+def whole_line_holes(n: int, seed: int, files: list[Path]) -> list[Hole]:
+    rng = random.Random(seed)
+    out = []
+    for fi, i in _pick(_candidates(tuple(files))[0], n, rng, "whole-line"):
+        text, name = _read(files[fi])
+        lines = text.split("\n")
+        ln = lines[i]
+        line_start = sum(len(x) + 1 for x in lines[:i])
+        indent = len(ln) - len(ln.lstrip())
+        out.append(Hole(name, text, line_start + indent, line_start + len(ln)))
+    return out
+
+
+def package_root(hole: Hole) -> Path:
+    return CACHE / hole.path.split("/", 1)[0]
+
+
+def workspace_for(hole: Hole, rng: random.Random, tokens: int):
+    """An index as the language server would hold it for this file: its imports and a few open tabs."""
+    from lsp.workspace import WorkspaceIndex
+
+    root = package_root(hole)
+    here = CACHE / hole.path
+    idx = WorkspaceIndex(root)
+    t0 = time.perf_counter()
+    idx.update(here.as_uri(), hole.document)
+    idx.follow_imports(here.as_uri(), hole.document, "python")
+    siblings = sorted(p for p in here.parent.glob("*.py") if p != here)
+    for p in rng.sample(siblings, min(TABS, len(siblings))):
+        idx.update(p.as_uri(), p.read_text("utf-8", errors="replace"))
+    index_ms = (time.perf_counter() - t0) * 1000
+    return idx, index_ms
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=120)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--context-tokens", type=int, default=256)
+    ap.add_argument("--model", type=Path, default=None, help="model directory (default: the embedded model)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "workspace_context.json")
+    a = ap.parse_args()
+
+    from fim_server.engine import Engine
+    from fim_server.shared.paths import DEFAULT_MODEL
+    from fim_server.shared.protocol import ExtraChunk, InfillRequest
+
+    files = heldout_files()
+    holes = whole_line_holes(a.n, a.seed, files)
+    texts = {p: p.read_text("utf-8", errors="replace") for p in files}
+    engine = Engine.load(a.model or DEFAULT_MODEL)
+    rng = random.Random(a.seed)
+    budget_chars = a.context_tokens * 3  # as the language server converts contextTokens
+    rows = []
+
+    async def run() -> None:
+        for k, h in enumerate(holes):
+            truth = h.truth.strip()
+            prefix, suffix = h.window()
+            idx, index_ms = workspace_for(h, rng, a.context_tokens)
+            here = CACHE / h.path
+            t0 = time.perf_counter()
+            lo = h.start - len(prefix)
+            extra = idx.collect(here.as_uri(), h.document, h.start, (lo, h.start + len(suffix)), budget_chars)
+            collect_ms = (time.perf_counter() - t0) * 1000
+            others = [p for p in files if p.parent.parts[: len(package_root(h).parts)] == package_root(h).parts
+                      and p != here and truth in texts[p]]
+            row = {"case": k, "path": h.path, "in_workspace": bool(others),
+                   "in_extra": any(truth in c.text for c in extra), "extra_chunks": len(extra),
+                   "collect_ms": round(collect_ms, 2), "index_ms": round(index_ms, 1)}
+            conditions = {"none": (), "collected": extra}
+            if others:
+                src = texts[others[0]]
+                at = src.index(truth)
+                start = src.rfind("\n", 0, max(0, at - 300)) + 1
+                conditions["oracle"] = (ExtraChunk(str(others[0].relative_to(package_root(h))),
+                                                   src[start: src.find("\n", at) + 1]),)
+            for name, chunks in conditions.items():
+                engine.clear_cache()
+                res = await engine.infill(InfillRequest(id=f"{k}-{name}", prefix=prefix, suffix=suffix,
+                                                        language="python", max_tokens=24, extra=chunks))
+                first = res.text.split("\n", 1)[0].strip()
+                row[name] = {"exact": first == truth, "ms": res.ms, "context_tokens": res.context_tokens}
+            rows.append(row)
+
+    asyncio.run(run())
+    engine.close()
+
+    def share(cond: str, only_workspace: bool = False) -> dict:
+        sel = [r for r in rows if cond in r and (r["in_workspace"] or not only_workspace)]
+        return {"n": len(sel), "exact": sum(r[cond]["exact"] for r in sel),
+                "exact_share": round(sum(r[cond]["exact"] for r in sel) / max(1, len(sel)), 3),
+                "p50_ms": pct([r[cond]["ms"] for r in sel], 50) if sel else None,
+                "context_tokens_mean": round(sum(r[cond]["context_tokens"] for r in sel) / max(1, len(sel)), 1)}
+
+    res = {"cases": len(rows), "seed": a.seed, "context_tokens": a.context_tokens,
+           "model": str(a.model or "embedded default"), "packages": [p[0] for p in PACKAGES],
+           "line_in_other_files_share": round(sum(r["in_workspace"] for r in rows) / len(rows), 3),
+           "line_in_collected_extra_share": round(sum(r["in_extra"] for r in rows) / len(rows), 3),
+           "collect_ms": {"p50": pct([r["collect_ms"] for r in rows], 50),
+                          "p95": pct([r["collect_ms"] for r in rows], 95)},
+           "index_ms_per_session": {"p50": pct([r["index_ms"] for r in rows], 50)},
+           "none": share("none"), "collected": share("collected"),
+           "none_on_cases_with_the_line_elsewhere": share("none", True),
+           "collected_on_cases_with_the_line_elsewhere": share("collected", True),
+           "oracle": share("oracle"), "rows": rows}
+    write_results(res, a.out, "workspace_context.py")
+
+
+if __name__ == "__main__":
+    main()
