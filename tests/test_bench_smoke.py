@@ -105,3 +105,9 @@ def test_published_gpu_bench_runs_on_a_tiny_shape(tmp_path):
     assert [r["clients"] for r in res["throughput"]] == [1, 4, 1, 4]
     assert {r["cache"] for r in res["autoregressive"]} == {"dynamic", "static"}
     assert all("p50_ms" in r for r in res["autoregressive"]), res["autoregressive"]
+
+
+def test_workspace_context_bench_runs(tmp_path):
+    res = run_bench("workspace_context.py", tmp_path / "w.json", "--n", "2")
+    assert res["cases"] == 2 and res["none"]["n"] == 2 and res["collected"]["n"] == 2
+    assert res["collect_ms"]["p50"] >= 0 and all("extra_chunks" in r for r in res["rows"])
