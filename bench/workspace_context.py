@@ -1,5 +1,5 @@
-"""What workspace context (`extra`, lsp/workspace.py) does for whole-line completions on files the model never
-trained on (issue: "Context from the rest of the workspace").
+"""What workspace context (`extra`, fim_server/shared/workspace.py) does for whole-line completions on files the
+model never trained on (issue: "Context from the rest of the workspace").
 
     python bench/workspace_context.py --n 120
 
@@ -7,7 +7,7 @@ Cases: whole lines in function bodies of the held-out packages (bench/realfiles.
 the cursor after the line's indentation, the hole the rest of the line; the language server's window around
 it. The workspace is modelled as an editor session: the files the current file imports (read from disk, as
 the language server does) and up to 4 other files of its directory as open tabs, indexed by
-`lsp.workspace.WorkspaceIndex`. Three conditions on the same cases, with the same engine:
+`fim_server.shared.workspace.WorkspaceIndex`. Three conditions on the same cases, with the same engine:
 - none: no extra (what the language server sends by default);
 - collected: the index's chunks for the cursor, `--context-tokens` (256) of them;
 - oracle (only cases whose line appears verbatim in another file of the package): one chunk holding that
@@ -53,7 +53,7 @@ def package_root(hole: Hole) -> Path:
 
 def workspace_for(hole: Hole, rng: random.Random, tokens: int):
     """An index as the language server would hold it for this file: its imports and a few open tabs."""
-    from lsp.workspace import WorkspaceIndex
+    from fim_server.shared.workspace import WorkspaceIndex
 
     root = package_root(hole)
     here = CACHE / hole.path

@@ -96,7 +96,7 @@ class Completer:
     async def complete(self, uri: str, source: str, offset: int, language: str | None, settings: Settings,
                        backend, extra=None) -> str | None:
         """`backend`: anything with `async infill(InfillRequest) -> InfillResult` (lsp/backend.py); `extra`:
-        (source, (window start, end)) -> workspace chunks to send along (lsp/workspace.py), or None."""
+        (source, (window start, end)) -> workspace chunks to send along (fim_server/shared/workspace.py), or None."""
         source, offset, line_break = to_lf(source, offset)
         text = await self._complete(uri, source, offset, language, settings, backend, extra)
         return text if text is None or line_break == "\n" else text.replace("\n", line_break)

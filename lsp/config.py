@@ -33,8 +33,8 @@ class Settings:
     languages: tuple[str, ...] = ("python", "javascript", "javascriptreact", "typescript", "typescriptreact")
     prefix_chars: int = 4000  # text sent before the cursor (the engine cuts to its token window)
     suffix_chars: int = 1500
-    # workspace context (lsp/workspace.py): tokens of other code sent with each completion; 0 = none. Off by
-    # default: the shipped model was not trained on it (bench/workspace_context.py)
+    # workspace context (fim_server/shared/workspace.py): tokens of other code sent with each completion;
+    # 0 = none. Off by default: the shipped model was not trained on it (bench/workspace_context.py)
     context_tokens: int = 0
 
     def updated(self, options: Any) -> Settings:

@@ -11,8 +11,8 @@ lsp/completer.py's (a newer request for a document supersedes the older one; `$/
 request in the engine; engine failures give an empty answer and a log line). Unknown documents and
 out-of-range positions get JSON-RPC InvalidParams errors. textDocument/didClose drops the completer's state
 for the document (pygls removes the document itself before calling the handler). With `contextTokens` > 0,
-didOpen/didChange/didSave/didClose also keep lsp/workspace.py's index of workspace code, whose best chunks
-go with each completion as `extra`.
+didOpen/didChange/didSave/didClose also keep the index of workspace code (fim_server/shared/workspace.py),
+whose best chunks go with each completion as `extra`.
 
 Hostile and broken clients: the JSON-RPC and LSP lifecycle rules (every request answered once, errors for
 bad params, requests before initialize or after shutdown, exit codes) are lsp/protocol.py's; reading frames
@@ -32,6 +32,7 @@ from pathlib import Path
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
+from fim_server.shared.workspace import REINDEX_S, WorkspaceIndex, uri_to_path
 from lsp.backend import EmbeddedBackend, RemoteBackend, make_backend
 from lsp.completer import Completer
 from lsp.config import Settings
@@ -41,7 +42,6 @@ from lsp.http_backend import HttpBackend
 from lsp.logs import ClientLogHandler
 from lsp.protocol import DiffillProtocol, strict_converter
 from lsp.transport import serve_stdio, serve_tcp
-from lsp.workspace import REINDEX_S, WorkspaceIndex, uri_to_path
 
 log = logging.getLogger("diffill.lsp")
 
@@ -55,7 +55,7 @@ class DiffillServer(LanguageServer):
         self.settings = settings
         self.backend: EmbeddedBackend | RemoteBackend | HttpBackend | None = None
         self.completer = Completer()
-        self.index = WorkspaceIndex()  # workspace context (lsp/workspace.py); kept only while contextTokens > 0
+        self.index = WorkspaceIndex()  # workspace context (fim_server/shared/workspace.py), while contextTokens > 0
         self.reindex: asyncio.TimerHandle | None = None  # the pending re-index after typing
         self.log_handler: ClientLogHandler | None = None  # logs to the client (run() sets it on stdio)
         self.watcher: asyncio.Task | None = None  # watches the client's process (initialize's processId)

@@ -1,5 +1,6 @@
-"""Workspace context (lsp/workspace.py): what the index picks for a cursor, what it leaves out, imported files read
-from disk, and the language server sending the chunks with a completion when `contextTokens` is set."""
+"""Workspace context (fim_server/shared/workspace.py): what the index picks for a cursor, what it leaves out,
+imported files read from disk, and the language server sending the chunks with a completion when
+`contextTokens` is set."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 
 from lsprotocol import types
 
-from lsp.workspace import CHUNK_LINES, WorkspaceIndex
+from fim_server.shared.workspace import CHUNK_LINES, WorkspaceIndex
 
 GEO = "".join([
     "import math\n\n\n",

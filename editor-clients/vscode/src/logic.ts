@@ -10,7 +10,7 @@ export interface Settings {
   backend: string; // for an http(s) serverUrl: "openai", "inception" or "llamacpp"; "" = openai
   apiKey: string; // for an http(s) serverUrl; "" = the DIFFILL_API_KEY environment variable
   remoteModel: string; // the `model` sent to an http(s) serverUrl; "" = the backend's default
-  contextTokens: number; // workspace context sent with each completion (lsp/workspace.py); 0 = none
+  contextTokens: number; // workspace context sent with each completion (fim_server/shared/workspace.py); 0 = none
   command: string[];
   pythonPath: string;
 }

@@ -15,8 +15,10 @@
   are taken until `budget_chars`, and returned most relevant LAST (nearest the file's own text in the
   model's context).
 
-The shipped model was never trained on such chunks (bench/workspace_context.py measures what they do to
-it), so the language server sends them only when `contextTokens` > 0.
+Torch-free and shared: the language server collects with it, and training (fim_server/train/train.py,
+`--multi-file`) packs examples with the same ranking and layout. The shipped model was never trained on such
+chunks (bench/workspace_context.py measures what they do to it), so the language server sends them only
+when `contextTokens` > 0.
 """
 
 from __future__ import annotations
