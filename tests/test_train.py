@@ -57,13 +57,13 @@ def corpus(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def train(tmp_path, objective, steps, monkeypatch, capsys):
+def train(tmp_path, objective, steps, monkeypatch, capsys, *extra):
     from fim_server.train import train as t
 
     args = ["train", "--corpus", str(tmp_path / "corpus"), "--tokenizer", str(SHIPPED / "tokenizer.json"),
             "--out", str(tmp_path / objective), "--export", str(tmp_path / f"{objective}-model"),
             "--preset", "tiny", "--device", "cpu", "--steps", str(steps), "--batch-size", "4", "--seq-len", "192",
-            "--eval-every", "2", "--eval-batches", "1", "--workers", "0", "--objective", objective]
+            "--eval-every", "2", "--eval-batches", "1", "--workers", "0", "--objective", objective, *extra]
     monkeypatch.setattr(sys, "argv", args)
     t.main()
     return capsys.readouterr().out
@@ -144,3 +144,47 @@ def test_a_file_carrying_a_humaneval_problem_is_dropped_and_ordinary_code_kept()
     kept, dropped = decontaminate(docs)
     assert [d.path for d in kept] == ["engine.py"]
     assert [(d.path, task) for d, task in dropped] == [("copied.py", "HumanEval/0")]
+
+
+def test_multi_file_examples_carry_workspace_chunks_as_the_engine_places_them(tokenizer):
+    """With `related`, the example's context starts with the chunks in exactly the engine's layout
+    (fim_server.context.extra_ids), then the usual `<suf> suffix <pre> prefix <mid>`, within seq_len."""
+    from fim_server.context import extra_ids
+    from fim_server.shared.protocol import ExtraChunk
+
+    chunk = ExtraChunk("pkg/util.py", "def helper(x):\n    return x + 1\n")
+    asked = []
+
+    def related(cursor, window):
+        asked.append((cursor, window))
+        return (chunk,)
+
+    rng = random.Random(3)
+    for _ in range(20):
+        ids, start, length = make_example(CODE, tokenizer, rng, 256, related=related)
+        head = extra_ids(tokenizer, (chunk,), 256, tokenizer.file_sep_id)
+        assert ids[: len(head)] == head and ids[len(head)] == tokenizer.suffix_id
+        assert ids[start - 1] == tokenizer.middle_id and len(ids) == 256 and length <= 256
+    cursor, (lo, hi) = asked[-1]
+    assert 0 <= lo <= cursor <= hi <= len(CODE)
+
+
+def test_the_stream_ranks_chunks_from_the_same_directory(tokenizer):
+    from fim_server.train.train import ExampleStream
+
+    files = sorted((Path(__file__).resolve().parents[1] / "fim_server").glob("*.py"))[:6]
+    texts = [p.read_text() for p in files]
+    stream = ExampleStream(texts, str(SHIPPED / "tokenizer.json"), 512, 16, 0, groups=["fim_server/"] * len(texts),
+                           multi_file=1.0)
+    ids, starts, _ = next(iter(stream))
+    with_chunks = [row for row in ids.tolist() if row[0] == tokenizer.file_sep_id]
+    assert len(with_chunks) >= 10  # most examples find related code that fits among their neighbours
+    single = ExampleStream(texts, str(SHIPPED / "tokenizer.json"), 512, 8, 0)  # no groups: single files
+    assert all(row[0] == tokenizer.suffix_id for row in next(iter(single))[0].tolist())
+
+
+def test_multi_file_training_runs(tmp_path, monkeypatch, capsys):
+    (tmp_path / "corpus").mkdir()
+    corpus(tmp_path / "corpus")
+    out = train(tmp_path, "diffusion", 2, monkeypatch, capsys, "--multi-file", "0.5")
+    assert "done: 2 steps" in out

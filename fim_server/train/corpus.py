@@ -254,9 +254,15 @@ def build(out_dir: Path, cache: Path) -> dict:
 
 def iter_texts(path: Path):
     """Yield the text of every file in a corpus split written by build()."""
+    for d in iter_docs(path):
+        yield d["text"]
+
+
+def iter_docs(path: Path):
+    """Yield every file in a corpus split written by build(): {package, license, path, text}."""
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for line in f:
-            yield json.loads(line)["text"]
+            yield json.loads(line)
 
 
 def main() -> None:

@@ -21,6 +21,10 @@ places rewrite and complete-block regions, and from column 0 (the prefix ends wi
 HumanEval-infilling masks lines. The byte-level BPE merges a newline with the indentation after it, so the
 two layouts start with different token sequences and each must be seen in training.
 
+`--multi-file P`: that share of examples also carries workspace chunks first in its context, in exactly the
+layout and ranking the language server sends as `extra` (fim_server/shared/workspace.py, extra_ids): other
+files of the same package directory and parts of the same file outside the window, within half the room.
+
 Writes checkpoints (resumable) and `log.jsonl` (train loss, held-out loss) into --out; `--export DIR`
 writes the Hugging Face style model directory that `diffill --model` loads.
 
@@ -34,17 +38,22 @@ import json
 import math
 import random
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from fim_server.context import extra_ids
 from fim_server.model import PRESETS, FIMDiffusionModel, training_mask
+from fim_server.shared.workspace import WorkspaceIndex
 from fim_server.tokenizer import Tokenizer
-from fim_server.train.corpus import iter_texts
+from fim_server.train.corpus import iter_docs
 
 SLOT_BUCKETS = (8, 16, 32, 64, 128)
+GROUP_FILES = 32  # files of one directory indexed together for workspace chunks (`--multi-file`)
+GROUP_CACHE = 64  # directory indexes a loader worker keeps
 T_MIN = 0.05
 
 
@@ -65,6 +74,12 @@ class TrainConfig:
 # ---- examples ------------------------------------------------------------------------------------------
 def split_window(text: str, rng: random.Random, window_chars: int) -> tuple[str, str, str]:
     """Choose a window of the file and a (prefix, middle, suffix) cut of the kinds users meet."""
+    return _split_window(text, rng, window_chars)[1:]
+
+
+def _split_window(text: str, rng: random.Random, window_chars: int) -> tuple[int, str, str, str]:
+    """split_window, and where the window starts in `text`."""
+    start = 0
     if len(text) > window_chars:
         start = rng.randrange(0, len(text) - window_chars)
         nl = text.rfind("\n", 0, start)
@@ -74,7 +89,7 @@ def split_window(text: str, rng: random.Random, window_chars: int) -> tuple[str,
     if len(lines) < 2:
         a = rng.randrange(0, len(text) + 1)
         b = min(len(text), a + rng.randint(0, 60))
-        return text[:a], text[a:b], text[b:]
+        return start, text[:a], text[a:b], text[b:]
     li = rng.randrange(0, len(lines))
     line_start = sum(len(x) + 1 for x in lines[:li])
     line = lines[li]
@@ -96,7 +111,7 @@ def split_window(text: str, rng: random.Random, window_chars: int) -> tuple[str,
     else:  # random character span
         a = rng.randrange(0, len(text) + 1)
         b = min(len(text), a + int(rng.expovariate(1 / 60)))
-    return text[:a], text[a:b], text[b:]
+    return start, text[:a], text[a:b], text[b:]
 
 
 def block_end(lines: list[str], li: int) -> int:
@@ -113,10 +128,17 @@ def block_end(lines: list[str], li: int) -> int:
     return end
 
 
-def make_example(text: str, tok: Tokenizer, rng: random.Random, seq_len: int, ar: bool = False):
+def make_example(text: str, tok: Tokenizer, rng: random.Random, seq_len: int, ar: bool = False,
+                 related=None):
     """-> (ids[seq_len], slot_start, length) with the slots holding the clean targets. With `ar` the middle
-    follows the context as `middle <eom>` (the autoregressive baseline's layout; no padding slots)."""
-    prefix, middle, suffix = split_window(text, rng, window_chars=seq_len * 5)
+    follows the context as `middle <eom>` (the autoregressive baseline's layout; no padding slots).
+    `related(cursor, (window start, end))` -> workspace chunks (`ExtraChunk`s) for this cut of `text`: they go
+    first, as the engine places a request's `extra` (fim_server.context.extra_ids), within half the room."""
+    start, prefix, middle, suffix = _split_window(text, rng, window_chars=seq_len * 5)
+    chunks = ()
+    if related is not None:
+        end = start + len(prefix) + len(middle) + len(suffix)
+        chunks = related(start + len(prefix), (start, end))
     p_ids, m_ids, s_ids = tok.encode_batch([prefix, middle, suffix])
     need = len(m_ids) + 1
     # The slot count must not give the middle's length away: at inference the engine does not know it and
@@ -136,32 +158,71 @@ def make_example(text: str, tok: Tokenizer, rng: random.Random, seq_len: int, ar
     if ar:  # the same token budget for the middle, written once and ended by one <eom>
         bucket = min(need, SLOT_BUCKETS[-1])
         targets = (m_ids[: bucket - 1] + [tok.eom_id]) if need <= SLOT_BUCKETS[-1] else m_ids[:bucket]
-    budget = seq_len - 3 - bucket
+    x_ids = extra_ids(tok, chunks, (seq_len - 3 - bucket) // 2, tok.file_sep_id) if chunks else []
+    budget = seq_len - 3 - bucket - len(x_ids)
     s_keep = min(len(s_ids), max(budget // 4, budget - len(p_ids)), int(budget * rng.uniform(0.1, 0.6)) +
                  max(0, budget - len(p_ids) - len(s_ids)))
     s_keep = max(0, min(s_keep, budget))
     p_keep = min(len(p_ids), budget - s_keep)
-    ctx = [tok.suffix_id] + s_ids[:s_keep] + [tok.prefix_id] + p_ids[len(p_ids) - p_keep:] + [tok.middle_id]
+    ctx = x_ids + [tok.suffix_id] + s_ids[:s_keep] + [tok.prefix_id] + p_ids[len(p_ids) - p_keep:] + [tok.middle_id]
     ids = ctx + targets
     n = len(ids)
     return ids + [tok.pad_id] * (seq_len - n), len(ctx), n
 
 
 class ExampleStream(torch.utils.data.IterableDataset):
-    def __init__(self, texts: list[str], tok_path: str, seq_len: int, batch_size: int, seed: int, ar: bool = False):
+    """Endless batches of examples from `texts`. With `multi_file` > 0 and `groups` (one key per text: its
+    package and directory), that share of examples also carries workspace chunks: the other files of the
+    group, and the parts of the same file outside the window, ranked for the cut's cursor by the language
+    server's own index (fim_server/shared/workspace.py), so the model learns the context it will be sent."""
+
+    def __init__(self, texts: list[str], tok_path: str, seq_len: int, batch_size: int, seed: int, ar: bool = False,
+                 groups: list[str] | None = None, multi_file: float = 0.0):
         self.texts, self.tok_path, self.seq_len, self.bs, self.seed = texts, tok_path, seq_len, batch_size, seed
         self.ar = ar
         # sample files in proportion to their length (capped), so big files are not over-weighted
         self.weights = [min(len(t), 20_000) for t in texts]
+        self.multi_file = multi_file if groups is not None else 0.0
+        self.members: dict[str, list[int]] = {}
+        for i, g in enumerate(groups or []):
+            self.members.setdefault(g, []).append(i)
+        self.groups = groups
+
+    def _related(self, i: int, indexes: OrderedDict, rng: random.Random):
+        """The `related` callback of make_example for text i: its group's index (built once per worker, the
+        last GROUP_CACHE kept), collecting what a `contextTokens` of half the window would send."""
+        g = self.groups[i]
+        idx = indexes.get(g)
+        if idx is None:
+            members = self.members[g]
+            if len(members) > GROUP_FILES:  # big directories: the file itself and a sample of the others
+                members = [i] + rng.sample([j for j in members if j != i], GROUP_FILES - 1)
+            idx = WorkspaceIndex()
+            for j in members:
+                idx.update(f"file:///{j}", self.texts[j])
+            indexes[g] = idx
+            while len(indexes) > GROUP_CACHE:
+                indexes.popitem(last=False)
+        else:
+            indexes.move_to_end(g)
+        if f"file:///{i}" not in idx.chunks:
+            idx.update(f"file:///{i}", self.texts[i])
+        budget_chars = self.seq_len // 2 * 3
+        text = self.texts[i]
+        return lambda cursor, window: idx.collect(f"file:///{i}", text, cursor, window, budget_chars)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         wid = 0 if info is None else info.id
         rng = random.Random(self.seed * 1000 + wid)
         tok = Tokenizer.from_file(self.tok_path)
+        indexes: OrderedDict = OrderedDict()
+        order = range(len(self.texts))
         while True:
-            batch = [make_example(t, tok, rng, self.seq_len, self.ar)
-                     for t in rng.choices(self.texts, weights=self.weights, k=self.bs)]
+            batch = []
+            for i in rng.choices(order, weights=self.weights, k=self.bs):
+                related = self._related(i, indexes, rng) if rng.random() < self.multi_file else None
+                batch.append(make_example(self.texts[i], tok, rng, self.seq_len, self.ar, related))
             ids = torch.tensor([b[0] for b in batch], dtype=torch.long)
             yield ids, torch.tensor([b[1] for b in batch]), torch.tensor([b[2] for b in batch])
 
@@ -247,8 +308,10 @@ def train(args) -> None:
                      ar_weight=args.ar_weight)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    texts = list(iter_texts(Path(args.corpus) / "train.jsonl.gz"))
-    held = list(iter_texts(Path(args.corpus) / "heldout.jsonl.gz"))
+    docs = list(iter_docs(Path(args.corpus) / "train.jsonl.gz"))
+    held_docs = list(iter_docs(Path(args.corpus) / "heldout.jsonl.gz"))
+    texts, groups = [d["text"] for d in docs], [group_of(d) for d in docs]
+    held, held_groups = [d["text"] for d in held_docs], [group_of(d) for d in held_docs]
     print(f"{len(texts)} train files, {len(held)} held-out files", flush=True)
 
     model = FIMDiffusionModel(cfg)
@@ -279,11 +342,13 @@ def train(args) -> None:
     loss_fn = eval_fn
     if dev.type == "cuda" and not args.no_compile:
         loss_fn = torch.compile(eval_fn, dynamic=False)
-    stream = ExampleStream(texts, args.tokenizer, tc.seq_len, tc.batch_size, tc.seed + step, ar)
+    stream = ExampleStream(texts, args.tokenizer, tc.seq_len, tc.batch_size, tc.seed + step, ar, groups,
+                           args.multi_file)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers,
                                          pin_memory=dev.type == "cuda", prefetch_factor=4 if args.workers else None)
     held_batches = []
-    hstream = iter(ExampleStream(held, args.tokenizer, tc.seq_len, tc.batch_size, 12345, ar))
+    hstream = iter(ExampleStream(held, args.tokenizer, tc.seq_len, tc.batch_size, 12345, ar, held_groups,
+                                 args.multi_file))
     for _ in range(args.eval_batches):
         held_batches.append(next(hstream))
     gen = torch.Generator(device=dev).manual_seed(args.seed + step)
@@ -335,6 +400,11 @@ def train(args) -> None:
     print(f"done: {step} steps, {toks / 1e6:.1f}M tokens, {time.time() - t0:.0f}s", flush=True)
 
 
+def group_of(doc: dict) -> str:
+    """Files that are related for workspace chunks: the same package and directory."""
+    return f"{doc.get('package', '')}/{Path(doc.get('path', '')).parent.as_posix()}"
+
+
 def export(model: FIMDiffusionModel, tok: Tokenizer, path: Path) -> None:
     model.float().cpu().save(path, dtype=torch.float16)
     tok.save(path / "tokenizer.json")
@@ -361,6 +431,9 @@ def main() -> None:
     ap.add_argument("--eval-batches", type=int, default=8)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--multi-file", type=float, default=0.0, metavar="P",
+                    help="share of examples that carry workspace chunks (other files of the same directory, "
+                         "ranked as the language server ranks them) before their context; 0 = single files")
     ap.add_argument("--no-compile", action="store_true")
     train(ap.parse_args())
 
