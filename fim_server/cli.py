@@ -104,6 +104,18 @@ def cmd_complete(a: argparse.Namespace) -> int:
     return 0
 
 
+def _autoscale(spec: str | None) -> tuple[int, int] | None:
+    if spec is None:
+        return None
+    try:
+        lo, hi = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise ValueError(f"--autoscale takes MIN:MAX, got {spec!r}") from None
+    if not 1 <= lo <= hi:
+        raise ValueError(f"--autoscale needs 1 <= MIN <= MAX, got {spec!r}")
+    return lo, hi
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -129,13 +141,37 @@ def cmd_serve(a: argparse.Namespace) -> int:
             sys.exit(f"diffill serve: no grammar for --language {a.language!r} (python, javascript, typescript, "
                      "typescriptreact)")
     slot = EngineSlot()  # the server listens while the model loads, answering 503 until it has
+    load = _load_engine
+    if a.ray:
+        try:
+            autoscale = _autoscale(a.autoscale)
+        except ValueError as e:
+            sys.exit(f"diffill serve: {e}")
+        if a.replicas < 1:
+            sys.exit("diffill serve: --replicas must be >= 1")
+
+        def load(a):
+            try:
+                from fim_server import ray_app
+            except ImportError as e:
+                sys.exit(f"diffill serve --ray needs Ray Serve: pip install 'diffill[ray]' ({e})")
+            from fim_server.engine import EngineConfig
+
+            kw = {"threshold": a.threshold} if a.threshold is not None else {}
+            cfg = EngineConfig(int8=a.int8, kv_refresh=a.kv_refresh, published_window=a.window, **kw)
+            return ray_app.start(a.model, a.device, replicas=a.replicas, autoscale=autoscale,
+                                 address=a.ray_address, config=ray_app.engine_config(cfg))
 
     async def main() -> None:
         try:
-            await serve(slot, cfg, load=lambda: asyncio.to_thread(_load_engine, a))
+            await serve(slot, cfg, load=lambda: asyncio.to_thread(load, a))
         finally:
             if slot.engine is not None:
                 await slot.engine.aclose()
+            if a.ray:
+                from fim_server import ray_app
+
+                await asyncio.to_thread(ray_app.shutdown)
 
     try:
         import uvloop  # Linux/macOS; the plain asyncio loop elsewhere
@@ -184,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--language", default=None, metavar="LANG",
                    help="language of HTTP requests that name none (editor plugins do not), so their answers get "
                         "the tree-sitter check: python, javascript, typescript, typescriptreact")
+    s.add_argument("--ray", action="store_true",
+                   help="serve from Ray Serve replicas with cache-affine routing (pip install 'diffill[ray]')")
+    s.add_argument("--replicas", type=int, default=2, help="--ray: engine replicas (default 2)")
+    s.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="--ray: autoscale between MIN and MAX replicas")
+    s.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="--ray: the Ray cluster to join (default: start a local one)")
     s.add_argument("--max-in-flight", type=int, default=16,
                    help="concurrent requests per websocket connection, and per HTTP client address")
     _engine_args(s)

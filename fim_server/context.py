@@ -20,6 +20,10 @@ from fim_server.model import KV, FIMDiffusionModel
 from fim_server.tokenizer import Tokenizer
 
 PREFIX_CUT_STEP = 64  # tokens: the prefix window's left edge moves in steps this size while typing
+# a cached context that a new one shares all but its last few tokens with (typing appended to its prefix, or a
+# backspace) is dropped: each document being typed in holds one entry, not one per keystroke (measured with
+# 16 documents typed at once: 26% of keystrokes found their context cached before this)
+SUPERSEDED_TAIL = 4
 
 
 class Context(NamedTuple):
@@ -166,6 +170,8 @@ class ContextCache:
             kv = self.model.prefill(x)
         self.stats["prefill_tokens"] += len(ids) - best_len
         self.stats["reused_tokens"] += best_len
+        if best is not None and best_len >= len(best) - SUPERSEDED_TAIL and best != key:
+            del self._kv[best]  # the same document one keystroke back: this context takes its place
         self._kv[key] = kv
         self._kv.move_to_end(key)
         while len(self._kv) > self.entries:

@@ -111,3 +111,13 @@ def test_workspace_context_bench_runs(tmp_path):
     res = run_bench("workspace_context.py", tmp_path / "w.json", "--n", "2")
     assert res["cases"] == 2 and res["none"]["n"] == 2 and res["collected"]["n"] == 2
     assert res["collect_ms"]["p50"] >= 0 and all("extra_chunks" in r for r in res["rows"])
+
+
+@pytest.mark.ray
+def test_ray_serve_bench_runs(tmp_path):
+    pytest.importorskip("ray")
+    res = run_bench("ray_serve.py", tmp_path / "r.json", "--configs", "single", "ray2-affinity", "--clients", "2",
+                    "--keystrokes", "2")
+    rows = {name: c["rows"][0] for name, c in res["configs"].items()}
+    assert set(rows) == {"single", "ray2-affinity"} and all(r["requests"] == 4 for r in rows.values())
+    assert rows["ray2-affinity"]["reused_context_share"] > 0.5  # the second keystroke found its context

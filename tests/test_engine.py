@@ -275,3 +275,19 @@ async def test_workspace_chunks_stay_cached_while_typing(shipped_engine):
     typed = await shipped_engine.infill(InfillRequest(id="x2", prefix=prefix + "si", suffix=")\n", extra=extra))
     n_extra = 1 + len(shipped_engine.tok.encode("shapes.py\n" + extra[0].text))
     assert first.context_tokens > n_extra and typed.cached_tokens >= n_extra + 10
+
+
+async def test_typing_keeps_one_cache_entry_per_document(shipped_engine):
+    """Each keystroke's context replaces the one before it in the cache: typing in 8 documents by turns keeps
+    8 entries, so every keystroke after a document's first finds nearly all of its context cached."""
+    shipped_engine.clear_cache()
+    docs = [f"def f{i}(values):\n    total = {i}\n    for v in values:\n        total += v\n    return "
+            for i in range(8)]
+    shares = []
+    for k in range(4):
+        for i, doc in enumerate(docs):
+            res = await shipped_engine.infill(InfillRequest(id=f"d{i}-{k}", prefix=doc + "total"[:k], suffix="\n"))
+            if k:
+                shares.append(res.cached_tokens / res.context_tokens)
+    assert len(shipped_engine.decoder.cache._kv) == 8
+    assert min(shares) > 0.8, shares
