@@ -240,18 +240,19 @@ def _pick(pool: list[tuple], n: int, rng: random.Random, what: str) -> list[tupl
     return out
 
 
-def single_line_holes(n: int, seed: int = 0, files: list[Path] | None = None) -> list[Hole]:
-    """n cursors mid-line in function bodies; the hole is the rest of the line (at least 2 characters)."""
+def single_line_holes(n: int, seed: int = 0, files: list[Path] | None = None, whole: bool = False) -> list[Hole]:
+    """n cursors mid-line in function bodies; the hole is the rest of the line (at least 2 characters). With
+    `whole`, the cursor is right after the line's indentation: the hole is the whole statement line."""
     files = files if files is not None else heldout_files()
     rng = random.Random(seed)
     out = []
-    for fi, i in _pick(_candidates(tuple(files))[0], n, rng, "single-line"):
+    for fi, i in _pick(_candidates(tuple(files))[0], n, rng, "whole-line" if whole else "single-line"):
         text, name = _read(files[fi])
         lines = text.split("\n")
         ln = lines[i]
         indent = len(ln) - len(ln.lstrip())
         line_start = sum(len(x) + 1 for x in lines[:i])
-        cut = rng.randint(indent + 4, len(ln) - 2)
+        cut = indent if whole else rng.randint(indent + 4, len(ln) - 2)
         out.append(Hole(name, text, line_start + cut, line_start + len(ln)))
     return out
 

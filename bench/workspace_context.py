@@ -30,22 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import pct, write_results  # noqa: E402
-from bench.realfiles import CACHE, PACKAGES, Hole, _candidates, _pick, _read, heldout_files  # noqa: E402
+from bench.realfiles import CACHE, PACKAGES, Hole, heldout_files, single_line_holes  # noqa: E402
 
 TABS = 4
-
-
-def whole_line_holes(n: int, seed: int, files: list[Path]) -> list[Hole]:
-    rng = random.Random(seed)
-    out = []
-    for fi, i in _pick(_candidates(tuple(files))[0], n, rng, "whole-line"):
-        text, name = _read(files[fi])
-        lines = text.split("\n")
-        ln = lines[i]
-        line_start = sum(len(x) + 1 for x in lines[:i])
-        indent = len(ln) - len(ln.lstrip())
-        out.append(Hole(name, text, line_start + indent, line_start + len(ln)))
-    return out
 
 
 def package_root(hole: Hole) -> Path:
@@ -112,7 +99,7 @@ def main() -> None:
     from fim_server.shared.protocol import ExtraChunk, InfillRequest
 
     files = heldout_files()
-    holes = whole_line_holes(a.n, a.seed, files)
+    holes = single_line_holes(a.n, a.seed, files, whole=True)
     texts = {p: p.read_text("utf-8", errors="replace") for p in files}
     engine = Engine.load(a.model or DEFAULT_MODEL)
     rng = random.Random(a.seed)
