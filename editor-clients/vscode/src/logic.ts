@@ -11,6 +11,8 @@ export interface Settings {
   apiKey: string; // for an http(s) serverUrl; "" = the DIFFILL_API_KEY environment variable
   remoteModel: string; // the `model` sent to an http(s) serverUrl; "" = the backend's default
   contextTokens: number; // workspace context sent with each completion (fim_server/shared/workspace.py); 0 = none
+  model: string; // model directory for the in-process engine (Diffill's own or a published one); "" = embedded
+  device: string; // torch device of the in-process engine: "cpu", "cuda", "cuda:1"...
   command: string[];
   pythonPath: string;
 }
@@ -25,6 +27,8 @@ export const DEFAULTS: Settings = {
   apiKey: "",
   remoteModel: "",
   contextTokens: 0,
+  model: "",
+  device: "cpu",
   command: [],
   pythonPath: "",
 };
@@ -55,6 +59,8 @@ export function serverOptions(s: Settings): { diffill: Record<string, unknown> }
     apiKey: s.apiKey.trim() === "" ? null : s.apiKey.trim(),
     remoteModel: s.remoteModel.trim() === "" ? null : s.remoteModel.trim(),
     contextTokens: Math.max(0, Math.min(4096, Math.round(s.contextTokens))),
+    model: s.model.trim() === "" ? null : s.model.trim(),
+    device: s.device.trim() === "" ? "cpu" : s.device.trim(),
   };
   return { diffill: opts };
 }
@@ -94,6 +100,8 @@ export function readSettings(get: (key: string) => unknown): Settings {
     apiKey: pick("apiKey", (v) => typeof v === "string"),
     remoteModel: pick("remoteModel", (v) => typeof v === "string"),
     contextTokens: pick("contextTokens", (v) => typeof v === "number" && v >= 0),
+    model: pick("model", (v) => typeof v === "string"),
+    device: pick("device", (v) => typeof v === "string"),
     command: pick("command", isStrArray),
     pythonPath: pick("pythonPath", (v) => typeof v === "string"),
   };

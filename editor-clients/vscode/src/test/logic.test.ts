@@ -43,6 +43,9 @@ test("server options are clamped and empty strings become null", () => {
   assert.equal(o.contextTokens, 0);
   assert.equal(serverOptions({ ...DEFAULTS, contextTokens: 9000 }).diffill.contextTokens, 4096);
   assert.equal(serverOptions({ ...DEFAULTS, contextTokens: 255.6 }).diffill.contextTokens, 256);
+  assert.deepEqual([o.model, o.device], [null, "cpu"]);
+  const g = serverOptions({ ...DEFAULTS, model: " /models/dream-coder ", device: "cuda" }).diffill;
+  assert.deepEqual([g.model, g.device], ["/models/dream-coder", "cuda"]);
 });
 
 test("status text shows state, backend and latency", () => {
