@@ -23,7 +23,6 @@ SDPA and no mask; tests/test_published.py checks it against `transformers`' own 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -299,9 +298,6 @@ def load(path, device: str = "cpu", config: DecodeConfig = DecodeConfig(), famil
     fam = family or families.detect(path)
     if fam is None:
         raise families.ModelLoadError(f"{path}: a Diffill model, not a published one")
-    t0 = time.perf_counter()
     hf, tok, _ = families.load(path, fam, device=device)
     lm = BidirLM(hf, fam)
-    dec = BidirDecoder(lm, tok, device=device, config=config)
-    dec.load_s = time.perf_counter() - t0
-    return lm, tok, dec
+    return lm, tok, BidirDecoder(lm, tok, device=device, config=config)

@@ -149,9 +149,6 @@ class DiffillReplica:
                 job.cancel()
                 result.cancel()
 
-    def stats(self) -> dict:
-        return {"replica": self.id, **self.engine.stats}
-
     def describe(self) -> dict:
         return {"model": self.engine.model_name, "device": self.engine.device}
 
@@ -176,10 +173,9 @@ class RayJob:
 class RayEngine:
     """The Engine contract the front end uses, served by a Serve deployment's replicas."""
 
-    def __init__(self, handle, model_name: str, device: str, replicas: int):
-        self.handle, self.model_name, self.device, self.replicas = handle, model_name, device, replicas
+    def __init__(self, handle, model_name: str, device: str):
+        self.handle, self.model_name, self.device = handle, model_name, device
         self.stats: dict = {"served_by": {}}  # request id -> replica (the last MAX_KEYS)
-        self.tok = None
 
     def submit(self, req: InfillRequest, on_update=None, *, owner: object = None) -> RayJob:
         return RayJob(asyncio.get_running_loop().create_task(self._call("infill", req, on_update)), req.id)
@@ -257,7 +253,7 @@ def start(model: Path, device: str = "cpu", *, replicas: int = 2, autoscale: tup
     app = DiffillReplica.options(**options).bind(str(model), device, config)
     handle = serve.run(app, name=APP, route_prefix=None)
     info = handle.describe.remote().result()
-    return RayEngine(handle, info["model"], info["device"], n_max)
+    return RayEngine(handle, info["model"], info["device"])
 
 
 def shutdown() -> None:
