@@ -206,10 +206,7 @@ class BidirDecoder(Decoder):
             self._whole(whole, hidden, shift)
         if partial:
             self._partial(partial, hidden, shift)
-        h = torch.cat([hidden[id(m)] for m in batch])
-        logits = self.model.logits(h).float().cpu()
-        # every end-like token (pad, <|eot_id|>...) means the same here: fold them into <eom>
-        logits[:, self.tok.eom_id] = torch.logsumexp(logits[:, self._ends], dim=-1)
+        logits = self._unembed(torch.cat([hidden[id(m)] for m in batch]))
         if self._expand is not None:  # DreamOn: no expansion past the request's budget
             off = 0
             for m in batch:
@@ -282,7 +279,12 @@ class BidirDecoder(Decoder):
         seqs = [m.ctx_ids + r.tolist() + m.suffix_ids for r in rows]
         h, _ = self._run(seqs, [0] * len(seqs), None)
         g, j = masked.nonzero(as_tuple=True)
-        logits = self.model.logits(h[g.to(h.device), (P + j - shift).to(h.device)]).float().cpu()
+        return self._unembed(h[g.to(h.device), (P + j - shift).to(h.device)])
+
+    def _unembed(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states -> float logits on the CPU, every end-like token (pad, <|eot_id|>...) folded into <eom>:
+        here they all mean the same."""
+        logits = self.model.logits(h).float().cpu()
         logits[:, self.tok.eom_id] = torch.logsumexp(logits[:, self._ends], dim=-1)
         return logits
 
