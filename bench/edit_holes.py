@@ -61,10 +61,12 @@ def cases(k: int, n: int, seed: int = 0) -> list[tuple[str, list[int], list[str]
 
 
 async def run(args) -> dict:
-    from fim_server.engine import Engine
+    from fim_server.engine import Engine, EngineConfig
     from fim_server.shared.protocol import EditRegion, EditRequest, InfillRequest
 
-    eng = Engine.load(args.model)
+    # an edit's regions always use the model's whole window; the separate infills they are compared with
+    # must too, not the shorter window of a cold infill (EngineConfig.cold_window)
+    eng = Engine.load(args.model, config=EngineConfig(cold_window=0))
     warm = cases(1, 1, seed=99)[0]
     await eng.infill(InfillRequest("warm", warm[0][: warm[1][0]], warm[0][warm[1][0]:], "python", 24))
     res: dict = {"model": str(args.model), "cases_per_k": args.n, "max_tokens": args.max_tokens, "k": {}}

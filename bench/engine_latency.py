@@ -93,26 +93,33 @@ async def run(args) -> dict:
     cfg = EngineConfig()
     eng = Engine.load(args.model, config=EngineConfig(
         threshold=args.threshold or cfg.threshold, eom_threshold=args.eom_threshold or cfg.eom_threshold,
-        initial_slots=args.initial_slots or cfg.initial_slots, int8=args.int8))
+        initial_slots=args.initial_slots or cfg.initial_slots, int8=args.int8,
+        cold_window=cfg.cold_window if args.cold_window is None else args.cold_window))
     load_ms = (time.perf_counter() - t0) * 1000
     cs = cases(args.n, source=args.source)
     # warm-up on a full-size context that shares no token with any case's (a context starts with the suffix)
     await eng.infill(InfillRequest(id="warmup", prefix=cs[0]["prefix"], suffix="#\n" + cs[0]["suffix"], max_tokens=8))
-    single_cold, single_typing, exact, tpp_single = [], [], 0, []
+    single_cold, single_typing, exact, tpp_single, cold_tokens, typing_tokens = [], [], 0, [], [], []
     for i, c in enumerate(cs):
-        # cold: a context the cache has never seen
+        # cold: a context the cache has never seen (after a pause: the engine has nothing left to do)
+        await asyncio.to_thread(eng.idle.wait, 30)
         r = await eng.infill(InfillRequest(id=f"s{i}", prefix=c["prev_prefix"], suffix=c["suffix"],
                                            language="python", max_tokens=24))
         single_cold.append(r.ms)
-        # typing: one more character typed; the previous context is in the cache
+        cold_tokens.append(r.context_tokens)
+        # typing: one more character typed; the previous context is in the cache, its full window too once
+        # the engine had ~70 ms idle after the cold request (a keystroke comes later than that)
+        await asyncio.to_thread(eng.idle.wait, 30)
         r = await eng.infill(InfillRequest(id=f"t{i}", prefix=c["prefix"], suffix=c["suffix"],
                                            language="python", max_tokens=24))
         single_typing.append(r.ms)
+        typing_tokens.append(r.context_tokens)
         exact += r.text.strip() == c["truth"].strip()
         if r.tokens:
             tpp_single.append(r.tokens / max(1, r.forward_passes))
     multi_ms, multi_tok, multi_fp = [], [], []
     for i, c in enumerate(cs):
+        await asyncio.to_thread(eng.idle.wait, 30)
         r = await eng.infill(InfillRequest(id=f"m{i}", prefix=c["ml_prefix"], suffix=c["ml_suffix"],
                                            language="python", max_tokens=64))
         multi_ms.append(r.ms)
@@ -126,6 +133,9 @@ async def run(args) -> dict:
         "contexts": contexts,
         "model_load_ms": round(load_ms, 1),
         "single_line_cold_ms": {"p50": pct(single_cold, 50), "p95": pct(single_cold, 95)},
+        # the context the engine used (Decoder.cold_window on cold requests, the full window once grown)
+        "single_line_context_tokens": {"cold": round(statistics.mean(cold_tokens), 1),
+                                       "typing": round(statistics.mean(typing_tokens), 1)},
         "single_line_typing_ms": {"p50": pct(single_typing, 50), "p95": pct(single_typing, 95)},
         "single_line_exact_match": round(exact / len(cs), 3),
         "multi_line_ms": {"p50": pct(multi_ms, 50), "p95": pct(multi_ms, 95)},
@@ -167,6 +177,7 @@ def main() -> None:
     ap.add_argument("--eom-threshold", type=float, default=None, help="default: the engine's")
     ap.add_argument("--initial-slots", type=int, default=None, help="default: the engine's")
     ap.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of Linear layers")
+    ap.add_argument("--cold-window", type=int, default=None, help="default: the engine's (0: full window always)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "engine.json")
     args = ap.parse_args()
     res = asyncio.run(run(args))
@@ -176,7 +187,8 @@ def main() -> None:
 
     d = EngineConfig()
     res["engine"] = {"threshold": args.threshold or d.threshold, "eom_threshold": args.eom_threshold or d.eom_threshold,
-                     "initial_slots": args.initial_slots or d.initial_slots, "int8": args.int8}
+                     "initial_slots": args.initial_slots or d.initial_slots, "int8": args.int8,
+                     "cold_window": d.cold_window if args.cold_window is None else args.cold_window}
     res["cases"] = args.n
     write_results(res, args.out, "engine_latency.py")
 

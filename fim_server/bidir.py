@@ -128,6 +128,11 @@ class BidirDecoder(Decoder):
         self._banned = torch.tensor(sorted((tokenizer.special_ids - allowed) | set(beyond)))
         self._ends = torch.tensor(sorted(tokenizer.end_ids))
         self._batch_kv = None
+        self._ahead = []  # stays empty: see warm
+
+    def warm(self, req) -> None:
+        """Nothing can be prefilled ahead: a bidirectional model computes its context together with the middle
+        (with `kv_refresh`, per request), so a prefetch hint is dropped."""
 
     # ---- context -----------------------------------------------------------------------------------------------
     def _start(self) -> list[int]:

@@ -151,14 +151,23 @@ class ContextCache:
     def clear(self) -> None:
         self._kv.clear()
 
-    def prefill(self, ids: list[int]) -> tuple[KV, int]:
-        """-> (the context's KV, how many of its tokens came from the cache)."""
-        key = tuple(ids)
+    def _best(self, key: tuple[int, ...]) -> tuple[tuple[int, ...] | None, int]:
+        """The cached context sharing the longest token prefix with `key`, and that length."""
         best, best_len = None, 0
         for k in self._kv:
             n = _common_prefix(k, key)
             if n > best_len:
                 best, best_len = k, n
+        return best, best_len
+
+    def reusable(self, ids: list[int]) -> int:
+        """How many of `ids`' leading tokens a prefill would take from the cache (nothing is computed)."""
+        return min(self._best(tuple(ids))[1], len(ids) - 1)
+
+    def prefill(self, ids: list[int]) -> tuple[KV, int]:
+        """-> (the context's KV, how many of its tokens came from the cache)."""
+        key = tuple(ids)
+        best, best_len = self._best(key)
         best_len = min(best_len, len(ids) - 1)  # always recompute at least <fim_middle>
         x = torch.tensor([ids[best_len:]], device=self.device)
         if best is not None and best_len > 0:

@@ -65,6 +65,11 @@ class DecodeConfig:
     # the rest. The shipped model was never trained on them: bench/workspace_context.py measures what they do
     extra_share: float = 0.5
     published_window: int = 2048  # published models: prefix + suffix tokens a request may use
+    # an infill whose full-window context the cache does not hold (the cursor moved: a cold request) is
+    # answered with a context this many tokens long; the full window's context is then prefilled in the
+    # engine's idle time, and the requests after it (typing) use it once it is cached. Prefill cost grows
+    # with the tokens (bench/RESULTS.md, "Cold requests"). 0: always the model's full window
+    cold_window: int = 256
 
 
 @dataclass(eq=False)
@@ -102,6 +107,7 @@ class Middle:
     suffix_ids: list[int] = field(default_factory=list)
     canvas: int = 0
     approx: object = None
+    full_window: bool = False  # always the model's whole window, never DecodeConfig.cold_window (edit regions)
 
     @property
     def mean_logprob(self) -> float:
@@ -117,6 +123,9 @@ class Decoder:
         self.cache = ContextCache(model, device, cache_entries, self.stats)
         self._banned = torch.tensor(sorted(tokenizer.special_ids - {tokenizer.eom_id}))
         self._batch_kv: tuple[list[Middle], KV] | None = None  # see _batched_context
+        # contexts to prefill while the engine is idle, ahead of the requests that will need them, first
+        # first: a prefetched request's (`warm`), and the full window of the last cold request (`_context`)
+        self._ahead: list[list[int]] = []
 
     # ---- admission ---------------------------------------------------------------------------------------
     def build_context(self, prefix: str, suffix: str, max_tokens: int, heal: str = "off", extra=()) -> Context:
@@ -139,14 +148,13 @@ class Decoder:
         req = InfillRequest(id=f"{edit.id}#{i}", prefix=edit.text[: r.start], suffix=edit.text[r.end:],
                             language=edit.language, max_tokens=max_tokens, steps=edit.steps,
                             threshold=edit.threshold, temperature=edit.temperature, extra=edit.extra)
-        return Middle(req=req, original=original, revise_threshold=revise_threshold, original_ids=ids)
+        return Middle(req=req, original=original, revise_threshold=revise_threshold, original_ids=ids,
+                      full_window=True)
 
     def admit(self, m: Middle) -> int:
         """Context and first slots. -> forward passes spent (1 for a revise middle's scoring pass, else 0)."""
-        req = m.req
         revise = m.revise_threshold is not None
-        ctx = self.build_context(req.prefix, req.suffix, req.max_tokens, "off" if revise else self.config.heal,
-                                 req.extra)
+        ctx = self._context(m, "off" if revise else self.config.heal)
         m.ctx_ids, m.context_truncated, m.window_prefix, m.window_suffix, m.heal = ctx
         m.heal_tokens = len(self.tok.encode(m.heal)) if m.heal else 0
         t0 = time.perf_counter()
@@ -157,6 +165,52 @@ class Decoder:
             return 1
         m.slots = torch.full((min(self.config.initial_slots, self._budget(m)),), self.tok.mask_id, dtype=torch.long)
         return 0
+
+    def _context(self, m: Middle, heal: str) -> Context:
+        """m's context: the model's full window, unless the cache holds too little of it to be cheap (a cold
+        request), then `cold_window` tokens around the cursor, and the full one is queued to prefill ahead."""
+        req, w = m.req, self.config.cold_window
+        full = self.build_context(req.prefix, req.suffix, req.max_tokens, heal, req.extra)
+        if not w or m.full_window or len(full.ids) <= w:
+            return full
+        if len(full.ids) - self.cache.reusable(full.ids) <= w // 2:
+            return full  # typing on, or a window grown while the engine was idle
+        self._ahead = [full.ids]  # the cursor moved: what was queued for the old place is of no use
+        return build_context(self.tok, req.prefix, req.suffix, req.max_tokens, w, self.config.suffix_share, heal,
+                             req.extra, self.config.extra_share)
+
+    def warm(self, req: InfillRequest) -> None:
+        """A request that is about to come (an editor sends a document change, then asks for a completion
+        after its debounce, ~50 ms in VS Code): queue its context to prefill while the engine is idle, so the
+        request finds it cached. Only tokenizes; the prefill is `prefill_ahead`'s."""
+        ctx = self._context(Middle(req=req), self.config.heal)
+        if self.cache.reusable(ctx.ids) < len(ctx.ids) - 1:
+            self._ahead.insert(0, ctx.ids)
+
+    @property
+    def work_ahead(self) -> bool:
+        """Some context is queued to prefill ahead (`warm`, or a cold request's full window)."""
+        return bool(self._ahead)
+
+    def prefill_ahead(self, tokens: int) -> None:
+        """Prefill up to `tokens` more of the first queued context into the cache (the engine calls this while
+        idle, a chunk at a time, so a request arriving meanwhile waits for one chunk at most)."""
+        if not self._ahead:
+            return
+        ids = self._ahead[0]
+        n = min(len(ids), self.cache.reusable(ids) + tokens)
+        try:
+            self.cache.prefill(ids[:n])
+        except Exception:
+            self._ahead.clear()  # never retried, so a failure cannot make the worker spin
+            raise
+        if n == len(ids):
+            self._ahead.pop(0)
+
+    def clear_cache(self) -> None:
+        """Forget every cached context, and what was queued to prefill."""
+        self.cache.clear()
+        self._ahead.clear()
 
     def _budget(self, m: Middle) -> int:
         """Slots the middle may grow to: the request's tokens, plus those of the healed prefix end."""

@@ -124,6 +124,9 @@ class Job:
 
 _CLOSE = None  # queue sentinel
 JOINT_ADMISSION = 8  # middles an idle engine admits together regardless of the admission budget
+# context tokens the idle worker prefills at a time ahead of requests (Decoder.prefill_ahead): ~10 ms of the
+# default model on 2 cores, the longest a request arriving meanwhile waits for it
+PREFILL_CHUNK = 64
 
 
 class Engine:
@@ -135,11 +138,12 @@ class Engine:
         self.decoder = decoder or Decoder(model, tokenizer, device=device, config=config,
                                           cache_entries=config.cache_entries)
         self.stats = self.decoder.stats  # prefill_tokens, reused_tokens, denoise_passes
-        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        # jobs, prefetch hints (an InfillRequest: Decoder.warm) and _CLOSE, for the worker
+        self._queue: queue.SimpleQueue[_Request | InfillRequest | None] = queue.SimpleQueue()
         self._lock = threading.Lock()  # closed-check + enqueue are one step, so nothing lands after _CLOSE
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.idle = threading.Event()  # set while the worker has no job (tests wait on it)
+        self.idle = threading.Event()  # set while the worker has no job and no window to grow (tests wait on it)
         self.idle.set()
 
     @classmethod
@@ -161,8 +165,10 @@ class Engine:
         return cls(model, tok, name=path.resolve().name, device=device, config=config)
 
     def clear_cache(self) -> None:
-        """Forget every cached context (benchmarks measuring cold requests). Only while the engine is idle."""
-        self.decoder.cache.clear()
+        """Forget every cached context (benchmarks measuring cold requests). Waits until the engine is idle
+        (no job, no window growing): call it from sync code with nothing else submitting."""
+        self.idle.wait(30)
+        self.decoder.clear_cache()
 
     def build_context(self, prefix: str, suffix: str, max_tokens: int, heal: str = "off", extra=()):
         """See fim_server.context.build_context, with this engine's tokenizer, window and suffix share."""
@@ -188,6 +194,13 @@ class Engine:
         middles = [self.decoder.region(req, i) for i in range(len(req.regions))]
         return self._submit(middles, req.id, edit=req, owner=owner)
 
+    def prefetch(self, req: InfillRequest) -> None:
+        """A hint that `req` (or one much like it) is about to come: its context is prefilled while the engine
+        is idle (Decoder.warm). Nothing is answered; a closed engine ignores it. Any thread."""
+        with self._lock:
+            if not self._closed:
+                self._enqueue(req)
+
     async def infill(self, req: InfillRequest) -> InfillResult:
         return await self.submit(req).result()
 
@@ -205,12 +218,16 @@ class Engine:
         with self._lock:
             if self._closed:
                 raise EngineError("the engine is closed", code="closed", id=rid)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="diffill-engine", daemon=True)
-                self._thread.start()
-            self.idle.clear()
-            self._queue.put(request)
+            self._enqueue(request)
         return Job(request, rid)
+
+    def _enqueue(self, item: _Request | InfillRequest) -> None:
+        """Hand `item` to the worker, starting it the first time. With self._lock held."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="diffill-engine", daemon=True)
+            self._thread.start()
+        self.idle.clear()
+        self._queue.put(item)
 
     def _shutdown(self) -> threading.Thread | None:
         with self._lock:
@@ -246,10 +263,11 @@ class Engine:
         while True:
             closing = False
             try:
-                if sched.empty():
+                incoming = []
+                if sched.empty() and not self.decoder.work_ahead:
                     self.idle.set()
                     _release_memory()
-                incoming = [self._queue.get()] if sched.empty() else []
+                    incoming.append(self._queue.get())
                 while True:
                     try:
                         incoming.append(self._queue.get_nowait())
@@ -257,8 +275,14 @@ class Engine:
                         break
                 closing = _CLOSE in incoming
                 for r in incoming:
-                    if r is not _CLOSE:
+                    if isinstance(r, InfillRequest):
+                        self._warm(r)
+                    elif r is not _CLOSE:
                         sched.add(_owner(r), [_Part(r, i, m) for i, m in enumerate(r.middles)])
+                if sched.empty() and not closing:
+                    if self.decoder.work_ahead:  # idle: a chunk of a context queued ahead (Decoder.warm)
+                        self.decoder.prefill_ahead(PREFILL_CHUNK)
+                    continue
                 if closing:
                     for p in sched.parts():
                         self._retire(p.request, exc=Cancelled("the engine closed", id=_rid(p.request)))
@@ -277,6 +301,12 @@ class Engine:
                 if closing:
                     self.idle.set()
                     return
+
+    def _warm(self, req: InfillRequest) -> None:
+        try:
+            self.decoder.warm(req)
+        except Exception:  # a hint: its failure is logged and costs nobody anything
+            log.exception("prefetching %s failed", req.id)
 
     def _admit_some(self, sched: FairScheduler[_Part]) -> None:
         """Prefill waiting middles, owners in turn, while there is room. When middles already admitted are
