@@ -10,6 +10,10 @@ of the figures before that). The language server cuts its own windows from the w
 - multi-line, cold: heldout: the cursor at the start of a statement in a function body, the statement and
   the next lines not typed yet; stdlib: the cursor on a new indented blank line after a line that opens a
   block (`...:`). Either way the server asks for a multi-line body;
+- single-line after a keystroke: the document is opened without the character before that cursor, and after
+  a pause that character is typed (didChange), then, after VS Code's 50 ms debounce, inlineCompletion: with
+  the language server's `prefetch` on (its default: the change hands the engine the request that will follow)
+  and off;
 - typing replay: a file is opened cut at a point inside a function, then the next characters are typed one
   at a time, with a didChange and an inlineCompletion per keystroke (an editor without debounce); reports
   what the user waits for after each keystroke and how often the answer continued the previous suggestion;
@@ -96,6 +100,28 @@ async def in_document(client, uri: str, text: str, offset: int, times: int = 1) 
     return out
 
 
+DEBOUNCE_MS = 50  # VS Code's inline-completion debounce (code-server 4.139: InlineCompletionsDebounce 50..50)
+PAUSE_S = 0.5  # before each keystroke: the engine has finished what it was doing (a user's pause)
+
+
+async def after_keystroke(client, uri: str, text: str, offset: int) -> float:
+    """Open `text` without the character before `offset`, pause, type it (didChange), wait the editor's
+    debounce, ask for a completion at `offset`. -> ms from the request to its answer."""
+    client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+        uri=uri, language_id="python", version=1, text=text[: offset - 1] + text[offset:])))
+    await asyncio.sleep(PAUSE_S)
+    line, ch = position(text, offset - 1)
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+        content_changes=[types.TextDocumentContentChangePartial(
+            range=types.Range(start=types.Position(line=line, character=ch),
+                              end=types.Position(line=line, character=ch)), text=text[offset - 1])]))
+    await asyncio.sleep(DEBOUNCE_MS / 1000)
+    ms, _ = await request(client, uri, *position(text, offset))
+    client.text_document_did_close(types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri)))
+    return ms
+
+
 async def run(args) -> dict:
     singles, multis = single_cases(args.n, args.source), multi_cases(args.n, args.source)  # may download first
     client = make_test_lsp_client()
@@ -113,6 +139,15 @@ async def run(args) -> dict:
         (cold_ms, _), (warm_ms, _) = await in_document(client, f"file:///bench/s{k}.py", text, offset, times=2)
         single.append(cold_ms)
         warm.append(warm_ms)
+    # after a keystroke, as an editor asks: didChange, its debounce, then inlineCompletion; with the language
+    # server's prefetch on (it hands the engine the request at the change) and off
+    keystroke = {}
+    for prefetch in (True, False):
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"diffill": {"prefetch": prefetch}}))
+        keystroke["prefetch" if prefetch else "no_prefetch"] = stats(
+            [await after_keystroke(client, f"file:///bench/k{k}-{prefetch}.py", text, offset)
+             for k, (text, offset) in enumerate(singles)])
     for k, (text, offset) in enumerate(multis):
         ((ms, res),) = await in_document(client, f"file:///bench/m{k}.py", text, offset)
         multi.append(ms)
@@ -152,6 +187,7 @@ async def run(args) -> dict:
         "first_completion_after_start_ms": round(first_ms, 1),
         "single_line_ms": stats(single),
         "single_line_warm_ms": stats(warm),
+        "single_line_after_keystroke_ms": {**keystroke, "debounce_ms": DEBOUNCE_MS},
         "multi_line_ms": stats(multi),
         "multi_line_lines_shown_mean": round(sum(multi_lines) / max(1, len(multi_lines)), 2),
         "typing_ms": {**stats(typing), "keystrokes": len(typing)},

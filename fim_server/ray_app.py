@@ -121,6 +121,9 @@ class DiffillReplica:
         async for item in self._follow(job, updates):
             yield item
 
+    def prefetch(self, req: InfillRequest) -> None:
+        self.engine.prefetch(req)
+
     async def edit(self, req: EditRequest):
         yield ("replica", self.id)
         async for item in self._follow(self.engine.submit_edit(req), None):
@@ -188,6 +191,10 @@ class RayEngine:
 
     async def edit(self, req: EditRequest):
         return await self.submit_edit(req).result()
+
+    def prefetch(self, req: InfillRequest) -> None:
+        """To the replica the request itself will go to (the router keys both on the document)."""
+        self.handle.prefetch.remote(req)
 
     async def _call(self, method: str, req, on_update):
         gen = getattr(self.handle.options(stream=True), method).remote(req)

@@ -41,6 +41,7 @@ from fim_server.shared.protocol import (
     CancelRequest,
     EditRequest,
     EditResult,
+    PrefetchRequest,
     cancelled_message,
     edit_result_message,
     error_message,
@@ -138,6 +139,9 @@ class _Connection:
                 if job is None:
                     raise ProtocolError("unknown_id", f"no request {msg.id!r} in flight", msg.id)
                 job.cancel()
+                return
+            if isinstance(msg, PrefetchRequest):  # a hint: no job, no answer
+                self.engine.prefetch(msg.infill)
                 return
             if msg.id in self.jobs:
                 raise ProtocolError("duplicate_id", f"request {msg.id!r} is already in flight", msg.id)

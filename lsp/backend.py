@@ -31,6 +31,7 @@ from fim_server.shared.protocol import (
     ErrorReply,
     InfillRequest,
     InfillResult,
+    PrefetchRequest,
     Update,
     parse_server_message,
     request_message,
@@ -74,6 +75,12 @@ class EmbeddedBackend:
             raise BackendError(str(e), code=e.code, id=req.id) from e
         return await _result(job)
 
+    def prefetch(self, req: InfillRequest) -> None:
+        """`req` is about to come: the engine prefills its context while idle. Before the model has loaded,
+        nothing (the request will wait for the load anyway)."""
+        if self._engine is not None:
+            self._engine.prefetch(req)
+
     async def _loaded(self):
         self.start()
         try:
@@ -105,6 +112,7 @@ class RemoteBackend:
         self._waiting: dict[str, asyncio.Future] = {}  # wire id -> its final reply
         self._ids = itertools.count()
         self._lock = asyncio.Lock()
+        self._sending: set[asyncio.Task] = set()  # prefetch hints on their way (a task needs a reference)
 
     def start(self) -> None:
         pass
@@ -150,6 +158,23 @@ class RemoteBackend:
 
     async def edit(self, req: EditRequest) -> EditResult:
         return await self._ask(req)
+
+    def prefetch(self, req: InfillRequest) -> None:
+        """`req` is about to come: a `prefetch` message, so the server prefills its context while idle. A hint:
+        sent in the background, its failure only logged (the request itself reports a lost connection)."""
+        task = asyncio.ensure_future(self._hint(req))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _hint(self, req: InfillRequest) -> None:
+        body = json.dumps(request_message(PrefetchRequest(req)))
+        if len(body) > MAX_MESSAGE_BYTES:
+            return
+        try:
+            ws = await self._connect()
+            await ws.send(body)
+        except Exception as e:
+            log.debug("prefetch to %s not sent: %s", self.url, e)
 
     async def _ask(self, req):
         """Send one request, wait for its final reply (a cancel goes out if the waiting task is cancelled).

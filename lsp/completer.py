@@ -101,28 +101,51 @@ class Completer:
         text = await self._complete(uri, source, offset, language, settings, backend, extra)
         return text if text is None or line_break == "\n" else text.replace("\n", line_break)
 
-    async def _complete(self, uri: str, source: str, offset: int, language: str | None, settings: Settings,
-                        backend, extra=None) -> str | None:
+    def warm(self, uri: str, source: str, offset: int, language: str | None, settings: Settings, backend,
+             extra=None) -> None:
+        """A change just left the cursor at `offset`, and the editor will ask for a completion there after its
+        debounce (50 ms in VS Code, 75 in Diffill's Neovim plugin): hand the backend that request now, so its
+        context is prefilled by then (`prefetch`). Nothing when the answer would not need the engine."""
+        if backend is None or not settings.prefetch:
+            return
+        source, offset, _ = to_lf(source, offset)
+        if self.typing_through(uri, source, offset) is None and \
+                (built := self._request(source, offset, language, settings, extra)) is not None:
+            backend.prefetch(built[0])
+
+    def _request(self, source: str, offset: int, language: str | None, settings: Settings,
+                 extra=None) -> tuple[InfillRequest, bool] | None:
+        """The request a completion at `offset` sends, and whether it asks for several lines; None when
+        completion is off there."""
         s = settings
         if not s.enabled or (language and language not in s.languages):
             return None
         start = window_start(source, offset, s.prefix_chars)
         prefix, suffix = source[start:offset], source[offset: offset + s.suffix_chars]
+        multiline = wants_multiline(prefix, suffix, language)
+        chunks = extra(source, (start, offset + len(suffix))) if extra is not None else ()
+        # the last line of a file often has no newline; the model learned files that end with one
+        req = InfillRequest(id=f"lsp{next(self._ids)}", prefix=prefix, suffix=suffix or "\n", language=language,
+                            max_tokens=s.max_tokens if multiline else s.single_line_max_tokens,
+                            steps=s.steps, threshold=s.threshold, candidates=s.candidates, extra=chunks)
+        return req, multiline
+
+    async def _complete(self, uri: str, source: str, offset: int, language: str | None, settings: Settings,
+                        backend, extra=None) -> str | None:
+        s = settings
+        if not s.enabled or (language and language not in s.languages):
+            return None
         typed_through = self.typing_through(uri, source, offset)
         if typed_through:
             return typed_through
-        multiline = wants_multiline(prefix, suffix, language)
         previous = self.in_flight.get(uri)
         if previous is not None and not previous.done():
             self._superseded.add(previous)
             previous.cancel()  # superseded
         me = asyncio.current_task()
         self.in_flight[uri] = me
-        # the last line of a file often has no newline; the model learned files that end with one
-        chunks = extra(source, (start, offset + len(suffix))) if extra is not None else ()
-        req = InfillRequest(id=f"lsp{next(self._ids)}", prefix=prefix, suffix=suffix or "\n", language=language,
-                            max_tokens=s.max_tokens if multiline else s.single_line_max_tokens,
-                            steps=s.steps, threshold=s.threshold, candidates=s.candidates, extra=chunks)
+        req, multiline = self._request(source, offset, language, settings, extra)
+        prefix, suffix = req.prefix, source[offset: offset + s.suffix_chars]
         try:
             if backend is None:
                 raise BackendError("no backend yet: the client has not sent initialized")

@@ -36,6 +36,8 @@ class Settings:
     # workspace context (fim_server/shared/workspace.py): tokens of other code sent with each completion;
     # 0 = none. Off by default: the shipped model was not trained on it (bench/workspace_context.py)
     context_tokens: int = 0
+    # on each typed change, tell the backend the completion request that will follow (lsp/completer.py, warm)
+    prefetch: bool = True
 
     def updated(self, options: Any) -> Settings:
         if not isinstance(options, dict):

@@ -86,6 +86,9 @@ class HttpBackend:
         raise BackendError(f"multi-line edits need a Diffill engine (in-process or ws://); the {self.api} "
                            "backend only completes", code="unsupported", id=req.id)
 
+    def prefetch(self, req: InfillRequest) -> None:
+        """The HTTP FIM APIs have no message for "a request is coming": nothing is sent."""
+
     async def infill(self, req: InfillRequest) -> InfillResult:
         _, body = fim_http.client_request(self.api, req, self.model)
         t0 = time.perf_counter()

@@ -152,17 +152,22 @@ def did_save(ls: DiffillServer, params: types.DidSaveTextDocumentParams) -> None
 
 
 def did_change(ls: DiffillServer, params: types.DidChangeTextDocumentParams) -> None:
-    if not ls.settings.context_tokens:
-        return
     uri = params.text_document.uri
     doc = ls.workspace.text_documents.get(uri)
-    if doc is not None:
-        lines = [c.range.start.line for c in params.content_changes
-                 if isinstance(c, types.TextDocumentContentChangePartial)]
-        ls.index.changed(uri, doc.source, lines)
+    if doc is None:
+        return
+    partial = [c for c in params.content_changes if isinstance(c, types.TextDocumentContentChangePartial)]
+    if ls.settings.context_tokens:
+        ls.index.changed(uri, doc.source, [c.range.start.line for c in partial])
         if ls.reindex is not None:  # debounced: REINDEX_S after the last change
             ls.reindex.cancel()
         ls.reindex = asyncio.get_running_loop().call_later(REINDEX_S, ls.index.refresh)
+    if len(partial) == 1 and len(params.content_changes) == 1:  # one edit (not several cursors): typing
+        # the text before the change's start is as it was, so its offset there is the new document's too
+        offset = doc.offset_at_position(partial[0].range.start) + len(partial[0].text)
+        if offset <= len(doc.source):
+            ls.completer.warm(uri, doc.source, offset, language_of(doc, uri), ls.settings, ls.backend,
+                              extra=workspace_extra(ls, uri, offset))
 
 
 def backend_key(s: Settings) -> tuple:
@@ -175,17 +180,23 @@ def did_close(ls: DiffillServer, params: types.DidCloseTextDocumentParams) -> No
     ls.index.remove(params.text_document.uri)
 
 
-async def complete_at(ls: DiffillServer, uri: str, position: types.Position) -> tuple[str, types.Range] | None:
-    """-> (text, the empty range at the cursor), or None."""
-    doc = get_document(ls.workspace, uri)
-    offset = offset_of(doc, uri, position)
+def workspace_extra(ls: DiffillServer, uri: str, offset: int):
+    """(source, (window start, end)) -> the workspace chunks a request at `offset` carries (none while
+    contextTokens is 0)."""
     budget = ls.settings.context_tokens * 3  # characters: ~3 per token for code (bytes/token, docs/model.md)
 
     def extra(source: str, window: tuple[int, int]):
         return ls.index.collect(uri, source, offset, window, budget) if budget else ()
 
+    return extra
+
+
+async def complete_at(ls: DiffillServer, uri: str, position: types.Position) -> tuple[str, types.Range] | None:
+    """-> (text, the empty range at the cursor), or None."""
+    doc = get_document(ls.workspace, uri)
+    offset = offset_of(doc, uri, position)
     text = await ls.completer.complete(uri, doc.source, offset, language_of(doc, uri), ls.settings, ls.backend,
-                                       extra=extra)
+                                       extra=workspace_extra(ls, uri, offset))
     return None if text is None else (text, types.Range(start=position, end=position))
 
 

@@ -91,6 +91,13 @@ class CancelRequest:
 
 
 @dataclass(frozen=True)
+class PrefetchRequest:
+    """`prefetch`: an infill that is about to come (same fields); its context is prefilled, nothing is answered."""
+
+    infill: InfillRequest
+
+
+@dataclass(frozen=True)
 class InfillResult:
     id: str
     text: str
@@ -162,7 +169,7 @@ def size_over(raw: str | bytes, cap: int) -> int | None:
     return len(raw) if len(raw) > cap else None
 
 
-def parse_client_message(raw: str | bytes) -> InfillRequest | EditRequest | CancelRequest:
+def parse_client_message(raw: str | bytes) -> InfillRequest | EditRequest | CancelRequest | PrefetchRequest:
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -176,9 +183,9 @@ def parse_client_message(raw: str | bytes) -> InfillRequest | EditRequest | Canc
         raise ProtocolError("bad_json", "message must be a JSON object")
     rid = msg.get("id") if isinstance(msg.get("id"), str) else None
     mtype = msg.get("type")
-    if mtype not in ("infill", "edit", "cancel"):
-        raise ProtocolError("unknown_type",
-                            f"unknown message type {mtype!r}; expected 'infill', 'edit' or 'cancel'", rid)
+    if mtype not in ("infill", "edit", "cancel", "prefetch"):
+        raise ProtocolError("unknown_type", f"unknown message type {mtype!r}; expected 'infill', 'edit', "
+                            "'cancel' or 'prefetch'", rid)
     rid = _field(msg, "id", (str,), None, required=True)
     if not rid or len(rid) > MAX_ID_CHARS:
         raise ProtocolError("bad_field", f"field 'id' must be 1..{MAX_ID_CHARS} characters", None)
@@ -205,9 +212,10 @@ def parse_client_message(raw: str | bytes) -> InfillRequest | EditRequest | Canc
     candidates = _field(msg, "candidates", (int,), rid, default=1)
     if not 1 <= candidates <= MAX_CANDIDATES:
         raise ProtocolError("bad_field", f"candidates must be 1..{MAX_CANDIDATES}, got {candidates}", rid)
-    return InfillRequest(id=rid, prefix=prefix, suffix=suffix, language=language, max_tokens=max_tokens,
-                         stream=stream, steps=steps, threshold=threshold, temperature=float(temperature),
-                         candidates=candidates, extra=extra)
+    req = InfillRequest(id=rid, prefix=prefix, suffix=suffix, language=language, max_tokens=max_tokens,
+                        stream=stream, steps=steps, threshold=threshold, temperature=float(temperature),
+                        candidates=candidates, extra=extra)
+    return PrefetchRequest(req) if mtype == "prefetch" else req
 
 
 def _extra(msg: dict, rid: str) -> tuple[ExtraChunk, ...]:
@@ -297,11 +305,13 @@ def error_message(err: DiffillError) -> dict:
 
 
 # ---- client side ---------------------------------------------------------------------------------------------
-def request_message(req: InfillRequest | EditRequest | CancelRequest) -> dict:
+def request_message(req: InfillRequest | EditRequest | CancelRequest | PrefetchRequest) -> dict:
     """The JSON object for a request; `parse_client_message(json.dumps(request_message(r))) == r`. Fields left
     at their defaults are omitted."""
     if isinstance(req, CancelRequest):
         return {"type": "cancel", "id": req.id}
+    if isinstance(req, PrefetchRequest):
+        return {**request_message(req.infill), "type": "prefetch"}
     msg: dict[str, Any] = {"type": "edit" if isinstance(req, EditRequest) else "infill", "id": req.id}
     if isinstance(req, EditRequest):
         msg["text"] = req.text
