@@ -97,16 +97,18 @@ async def evaluate(engine, ts: list[dict], max_tokens: int, steps: int | None = 
             "tokens_per_forward_pass": round(toks / max(1, passes), 3)}
 
 
-def load_model(path: Path, heal: str | None = None):
+def load_model(path: Path, heal: str | None = None, cold_window: int | None = None):
     """The diffusion engine, or the autoregressive baseline when the model directory says it is one.
-    `heal`: the engine's token-healing mode (None: its default)."""
+    `heal`: the engine's token-healing mode, `cold_window` its window for cold requests (None: its defaults).
+    Every task here is a cold request (a context the engine has not seen)."""
     from fim_server.engine import Engine, EngineConfig
     from fim_server.train.ar import AR_MODEL_TYPE, ARDecoder
 
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
     if model_type == AR_MODEL_TYPE:
         return ARDecoder.load(path)
-    return Engine.load(path, config=EngineConfig(heal=heal) if heal else EngineConfig())
+    kw = {k: v for k, v in (("heal", heal), ("cold_window", cold_window)) if v is not None}
+    return Engine.load(path, config=EngineConfig(**kw))
 
 
 def main() -> None:
@@ -118,10 +120,12 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=1, help="candidates denoised together per task (1..8)")
     ap.add_argument("--heal", choices=("off", "whitespace", "token"), default=None,
                     help="the engine's token healing (default: the engine's own default)")
+    ap.add_argument("--cold-window", type=int, default=None,
+                    help="the engine's window for cold requests (default: its own; 0: the model's full window)")
     ap.add_argument("--model", type=Path, default=ROOT / "fim_server" / "models" / "default")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "humaneval_infill.json")
     a = ap.parse_args()
-    engine = load_model(a.model, a.heal)
+    engine = load_model(a.model, a.heal, a.cold_window)
     probs = problems()
     res: dict = {}
     t0 = time.time()
@@ -137,6 +141,7 @@ def main() -> None:
     res["heal"] = a.heal or engine.config.heal if hasattr(engine, "config") else None
     res["sample"] = a.sample
     res["candidates"] = a.candidates
+    res["cold_window"] = engine.config.cold_window if hasattr(engine, "config") else None
     res["model_type"] = json.loads((a.model / "config.json").read_text()).get("model_type")
     res["wall_s"] = round(time.time() - t0, 1)
     write_results(res, a.out, "humaneval_infill.py")
