@@ -14,7 +14,7 @@ import torch
 from lsprotocol import types
 from websockets.asyncio.client import connect
 
-from fim_server.decoder import DecodeConfig, Decoder, Middle, reference_infill
+from fim_server.decoder import DecodeConfig, Decoder, reference_infill
 from fim_server.engine import PREFILL_CHUNK
 from fim_server.shared.protocol import (
     EditRegion,

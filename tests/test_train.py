@@ -188,3 +188,28 @@ def test_multi_file_training_runs(tmp_path, monkeypatch, capsys):
     corpus(tmp_path / "corpus")
     out = train(tmp_path, "diffusion", 2, monkeypatch, capsys, "--multi-file", "0.5")
     assert "done: 2 steps" in out
+
+
+def test_pad_weight_scales_only_the_padding_slots(tiny_model, tokenizer):
+    """The diffusion loss with padding weight w is (loss on the middle and its first <eom>) + w x (loss on the
+    <eom>s after it), at the same masking draw."""
+    import torch
+
+    from fim_server.train.train import fim_diffusion_loss
+
+    tok = tokenizer
+    mid = tok.encode("x + 1")
+    ctx = [tok.suffix_id, *tok.encode("\n"), tok.prefix_id, *tok.encode("y = "), tok.middle_id]
+    slots = mid + [tok.eom_id] * 5  # the middle, its <eom>, then 4 padding <eom>s
+    B = 8  # masking rates stratified over the batch: some rows mask most of the padding
+    ids = torch.tensor([ctx + slots + [tok.pad_id] * 3] * B)
+    ss, ln = torch.tensor([len(ctx)] * B), torch.tensor([len(ctx) + len(slots)] * B)
+
+    def diff(w):
+        gen = torch.Generator().manual_seed(3)  # the same masking draw every time
+        with torch.no_grad():
+            return float(fim_diffusion_loss(tiny_model, ids, ss, ln, tok.mask_id, gen, 0.0, tok.eom_id, w)[1]["diff"])
+
+    full, none, half = diff(1.0), diff(0.0), diff(0.5)
+    assert none < full  # the padding carried some of the loss (the draw masked some of it) ...
+    assert abs(half - (none + 0.5 * (full - none))) < 1e-5  # ... and exactly w of it

@@ -66,6 +66,11 @@ class TrainConfig:
     warmup: int = 200
     weight_decay: float = 0.1
     ar_weight: float = 1.0  # swept 0.5 vs 1.0: 1.0 was better on both held-out losses
+    # loss weight of the padding slots (the <eom>s after the first one). At 1 most of a short middle's slots
+    # teach "<eom> here", and the shipped model answers <eom> early and often (bench/RESULTS.md); below 1 the
+    # first <eom> (where the middle ends) keeps its full weight and the padding counts less. Not yet tried on
+    # a GPU run: docs/model.md, "The next run"
+    pad_weight: float = 1.0
     steps: int = 2000
     eval_every: int = 250
     seed: int = 0
@@ -229,8 +234,9 @@ class ExampleStream(torch.utils.data.IterableDataset):
 
 # ---- loss ------------------------------------------------------------------------------------------------
 def fim_diffusion_loss(model: FIMDiffusionModel, ids, slot_start, length, mask_id: int, gen: torch.Generator,
-                       ar_weight: float) -> tuple[torch.Tensor, dict]:
-    """ids (B, L) clean; slot_start, length (B,). Returns (loss, parts)."""
+                       ar_weight: float, eom_id: int = -1, pad_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """ids (B, L) clean; slot_start, length (B,). Returns (loss, parts). Slots holding an `eom_id` after the
+    first one (padding) weigh `pad_weight` in the diffusion loss."""
     B, L = ids.shape
     dev = ids.device
     pos = torch.arange(L, device=dev)[None].expand(B, L)
@@ -250,9 +256,12 @@ def fim_diffusion_loss(model: FIMDiffusionModel, ids, slot_start, length, mask_i
     logits = model.logits(h).float()  # (B, L, V)
     V = logits.shape[-1]
     ce = F.cross_entropy(logits.reshape(-1, V), ids.reshape(-1), reduction="none").view(B, L)
-    # diffusion loss: masked slots only, 1/t weighted, normalised by slot count (LLaDA eq. 3)
+    # diffusion loss: masked slots only, 1/t weighted, normalised by slot count (LLaDA eq. 3); padding slots
+    # (every <eom> after the first) weighted by pad_weight
     n_slots = (length - slot_start).float()
-    diff = ((ce * masked / t).sum(1) / n_slots).mean()
+    eom = is_slot & (ids == eom_id)
+    weight = torch.where(eom & (eom.cumsum(1) > 1), pad_weight, 1.0)
+    diff = ((ce * masked * weight / t).sum(1) / n_slots).mean()
     masked_ce = (ce * masked).sum() / masked.sum()
     # next-token loss on the causal context: position p predicts token p+1, for p + 1 < slot_start
     ar_q = (pos < (slot_start[:, None] - 1))[:, :-1]
@@ -262,9 +271,10 @@ def fim_diffusion_loss(model: FIMDiffusionModel, ids, slot_start, length, mask_i
 
 
 def ar_loss(model: FIMDiffusionModel, ids, slot_start, length, mask_id: int, gen: torch.Generator,
-            ar_weight: float) -> tuple[torch.Tensor, dict]:
+            ar_weight: float, eom_id: int = -1, pad_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
     """The autoregressive baseline's loss: next-token cross-entropy at every position of `context middle
-    <eom>` under a causal mask (same signature as fim_diffusion_loss; mask_id, gen, ar_weight unused).
+    <eom>` under a causal mask (same signature as fim_diffusion_loss; mask_id, gen, ar_weight, eom_id and
+    pad_weight unused: its middle has no padding).
     Parts: `ar` on the context (comparable to the diffusion run's), `mid` on the middle and its <eom>."""
     B, L = ids.shape
     pos = torch.arange(L, device=ids.device)[None].expand(B, L)
@@ -305,7 +315,7 @@ def train(args) -> None:
         cfg = replace(cfg, model_type=AR_MODEL_TYPE)
     tc = TrainConfig(seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
                      eval_every=args.eval_every, seed=args.seed, warmup=min(200, args.steps // 10 + 1),
-                     ar_weight=args.ar_weight)
+                     ar_weight=args.ar_weight, pad_weight=args.pad_weight)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     docs = list(iter_docs(Path(args.corpus) / "train.jsonl.gz"))
@@ -364,7 +374,7 @@ def train(args) -> None:
         for g in opt.param_groups:
             g["lr"] = lr
         with amp:
-            loss, parts = loss_fn(model, ids, ss, ln, tok.mask_id, gen, tc.ar_weight)
+            loss, parts = loss_fn(model, ids, ss, ln, tok.mask_id, gen, tc.ar_weight, tok.eom_id, tc.pad_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -382,7 +392,8 @@ def train(args) -> None:
             model.eval()
             with torch.no_grad(), amp:
                 eg = torch.Generator(device=dev).manual_seed(0)
-                hl = [eval_fn(model, a.to(dev), b.to(dev), c.to(dev), tok.mask_id, eg, tc.ar_weight)[1]
+                hl = [eval_fn(model, a.to(dev), b.to(dev), c.to(dev), tok.mask_id, eg, tc.ar_weight, tok.eom_id,
+                              tc.pad_weight)[1]
                       for a, b, c in held_batches]
             model.train()
             rec = {"step": step, **{f"heldout_{k}": sum(h[k].item() for h in hl) / len(hl) for k in hl[0]}}
@@ -427,6 +438,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ar-weight", type=float, default=1.0)
+    ap.add_argument("--pad-weight", type=float, default=1.0,
+                    help="loss weight of padding slots (the <eom>s after the first); see TrainConfig")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-batches", type=int, default=8)
     ap.add_argument("--workers", type=int, default=4)
