@@ -274,11 +274,12 @@ class Engine:
                     except queue.Empty:
                         break
                 closing = _CLOSE in incoming
-                for r in incoming:
-                    if isinstance(r, InfillRequest):
-                        self._warm(r)
-                    elif r is not _CLOSE:
-                        sched.add(_owner(r), [_Part(r, i, m) for i, m in enumerate(r.middles)])
+                jobs = [r for r in incoming if isinstance(r, _Request)]
+                hints = [r for r in incoming if isinstance(r, InfillRequest)]
+                if hints and not jobs:  # a request already here prefills its own context: hints wait for none
+                    self._warm(hints[-1])  # the newest hint supersedes the older ones
+                for r in jobs:
+                    sched.add(_owner(r), [_Part(r, i, m) for i, m in enumerate(r.middles)])
                 if sched.empty() and not closing:
                     if self.decoder.work_ahead:  # idle: a chunk of a context queued ahead (Decoder.warm)
                         self.decoder.prefill_ahead(PREFILL_CHUNK)

@@ -148,8 +148,30 @@ async def test_a_failing_prefetch_costs_the_next_request_nothing(shipped_engine,
     monkeypatch.setattr(shipped_engine.decoder, "warm", boom)
     with caplog.at_level(logging.ERROR, logger="diffill.engine"):
         shipped_engine.prefetch(InfillRequest("bad", "x = ", "\n"))
+        assert await asyncio.to_thread(shipped_engine.idle.wait, 30)  # the worker took the hint, alone
         res = await shipped_engine.infill(InfillRequest("ok", "def f(x):\n    return x +", "\n", "python"))
     assert res.text.strip() and "prefetching bad failed" in caplog.text
+
+
+async def test_hints_queued_together_keep_the_newest_and_a_request_beside_them_drops_them(tokenizer):
+    from tests.fakes import scripted_engine, text_script
+
+    eng = scripted_engine(tokenizer, text_script(tokenizer, "a + b + c + d"), confident=False, pass_delay=0.1)
+    warmed: list[str] = []
+    eng.decoder.warm = lambda req: warmed.append(req.id)
+    try:
+        busy = eng.submit(InfillRequest("busy", "x = ", "\n", max_tokens=8))
+        assert await asyncio.to_thread(eng.model.in_pass.wait, 10)  # the worker is inside a 0.1 s pass
+        eng.prefetch(InfillRequest("h1", "y = ", "\n"))
+        eng.prefetch(InfillRequest("h2", "y = 1", "\n"))  # both wait for the worker's next look at its queue
+        await asyncio.sleep(0.25)  # it took them (at the end of that pass)
+        eng.prefetch(InfillRequest("h3", "z = ", "\n"))
+        typed = eng.submit(InfillRequest("typed", "z = ", "\n", max_tokens=4))  # an editor without debounce
+        await typed.result()
+        await busy.result()
+    finally:
+        eng.close()
+    assert warmed == ["h2"]  # h1 superseded by h2; h3 came with its own request, which prefilled itself
 
 
 def test_a_closed_engine_ignores_prefetch(tiny_model, tokenizer):
