@@ -92,6 +92,15 @@ async def test_a_typed_document_stays_on_one_replica_and_its_cache(ray_engine):
     assert sum(c > 0 for c in cached[1:]) >= 0.9 * later, cached
 
 
+async def test_a_prefetch_goes_to_the_replica_its_request_will_and_is_prefilled_there(ray_engine):
+    req = InfillRequest(id="pf", prefix=DOC.replace("Vector", "Point"), suffix="\n", language="python",
+                        max_tokens=16)  # a document neither replica has seen
+    ray_engine.prefetch(req)
+    await asyncio.sleep(2)  # the replica takes the hint and prefills while idle (tens of ms)
+    res = await ray_engine.infill(req)
+    assert res.cached_tokens == res.context_tokens - 1
+
+
 async def test_a_replica_killed_mid_request_gives_an_error_and_the_next_request_is_served(ray_engine):
     from ray import serve
 
