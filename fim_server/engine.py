@@ -143,7 +143,7 @@ class Engine:
         self._lock = threading.Lock()  # closed-check + enqueue are one step, so nothing lands after _CLOSE
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.idle = threading.Event()  # set while the worker has no job and no window to grow (tests wait on it)
+        self.idle = threading.Event()  # set while the worker has no job and nothing to prefill ahead (tests wait on it)
         self.idle.set()
 
     @classmethod
@@ -166,7 +166,7 @@ class Engine:
 
     def clear_cache(self) -> None:
         """Forget every cached context (benchmarks measuring cold requests). Waits until the engine is idle
-        (no job, no window growing): call it from sync code with nothing else submitting."""
+        (no job, nothing to prefill ahead): call it from sync code with nothing else submitting."""
         self.idle.wait(30)
         self.decoder.clear_cache()
 
