@@ -260,6 +260,7 @@ class Engine:
 
     def _loop(self) -> None:
         sched: FairScheduler[_Part] = FairScheduler(self.config.max_batch, self.config.max_active)
+        failures = 0  # errors in a row that no job was tied to
         while True:
             closing = False
             try:
@@ -268,6 +269,7 @@ class Engine:
                     self.idle.set()
                     _release_memory()
                     incoming.append(self._queue.get())
+                    failures = 0
                 while True:
                     try:
                         incoming.append(self._queue.get_nowait())
@@ -296,12 +298,27 @@ class Engine:
                 sched.prune(lambda p: p.pending)
             except Exception as e:  # a bug here must not spin: everything in flight ends with the error
                 log.exception("engine worker error")
-                for p in sched.parts():
+                parts = sched.parts()
+                for p in parts:
                     self._retire(p.request, exc=EngineError(f"engine error: {type(e).__name__}: {e}"))
                 sched = FairScheduler(self.config.max_batch, self.config.max_active)
                 if closing:
                     self.idle.set()
                     return
+                if not parts:
+                    # tied to no job (the idle work: prefilling ahead): drop that work, so the loop does not
+                    # meet the same error again at once, and pause a little in case it does anyway
+                    self._forget_ahead()
+                    failures += 1
+                    time.sleep(min(0.5, 0.001 * 2 ** failures))
+                continue
+            failures = 0
+
+    def _forget_ahead(self) -> None:
+        try:
+            self.decoder.clear_cache()
+        except Exception:
+            log.exception("clearing the context cache failed")
 
     def _warm(self, req: InfillRequest) -> None:
         try:

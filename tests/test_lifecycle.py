@@ -11,7 +11,7 @@ import pytest
 
 from fim_server.shared.errors import Cancelled, EngineError
 from fim_server.shared.protocol import InfillRequest
-from tests.fakes import scripted_engine
+from tests.fakes import scripted_engine, text_script
 
 
 def req(i="r", max_tokens=512, **kw):
@@ -203,3 +203,23 @@ def test_random_interleavings_end_every_job_exactly_once(tokenizer, seed):
     for c in loops:
         if not c.closed:
             c.close()
+
+
+async def test_an_error_in_idle_work_does_not_make_the_worker_spin(tokenizer, caplog):
+    # the idle worker's own work (prefilling a prefetched context) fails and, like the published-model decoder
+    # once did, keeps its queue: the worker must drop that work instead of meeting the error on every turn
+    eng = scripted_engine(tokenizer, text_script(tokenizer, " 1"))
+    calls = []
+
+    def broken(tokens):
+        calls.append(tokens)
+        raise RuntimeError("broken prefill")
+
+    eng.decoder.prefill_ahead = broken
+    eng.prefetch(InfillRequest("hint", "x = " * 200, "\n", max_tokens=8))
+    time.sleep(0.3)
+    assert eng.idle.wait(2)
+    assert len(calls) == 1 and not eng.decoder.work_ahead
+    assert "engine worker error" in caplog.text
+    assert (await eng.infill(req("after", max_tokens=8))).text == " 1"  # the worker still serves
+    eng.close()
