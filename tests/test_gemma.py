@@ -202,7 +202,7 @@ async def test_served_over_websocket(gemma_dir):
         await eng.aclose()
 
 
-def test_engine_agrees_with_the_one_request_loop(gemma_dir):
+def test_same_request_gives_the_same_answer(gemma_dir):
     """The noise is seeded by request and pass: the same request gives the same answer twice."""
     path, _, _ = gemma_dir
     _, _, dec = bidir.load(path)
