@@ -299,12 +299,18 @@ class BidirDecoder(Decoder):
 
 
 def load(path, device: str = "cpu", config: DecodeConfig = DecodeConfig(), family: Family | None = None):
-    """-> (BidirLM, PublishedTokenizer, BidirDecoder) for a published model directory."""
+    """-> (BidirLM, PublishedTokenizer, BidirDecoder) for a published model directory; for DiffusionGemma, its
+    own (GemmaLM, PublishedTokenizer, GemmaDecoder) from fim_server/gemma.py (an encoder and a canvas, not one
+    sequence)."""
     from fim_server import families
 
     fam = family or families.detect(path)
     if fam is None:
         raise families.ModelLoadError(f"{path}: a Diffill model, not a published one")
+    if fam is families.DIFFUSION_GEMMA:
+        from fim_server import gemma
+
+        return gemma.load(path, device=device, config=config)
     hf, tok, _ = families.load(path, fam, device=device)
     lm = BidirLM(hf, fam)
     return lm, tok, BidirDecoder(lm, tok, device=device, config=config)

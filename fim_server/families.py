@@ -18,8 +18,13 @@ modules (LLaDA's names mapped onto Llama's), and fim_server/bidir.py runs those 
 mask. Nothing is downloaded: a directory that lacks a file is an error that names it.
 
 DreamOn (a Dream model whose tokenizer has `<|expand|>`) keeps its own length states (fim_server/bidir.py).
-Not served yet, each with its own clear error: DiffusionGemma (an encoder-decoder canvas model with block
-diffusion, natively in `transformers` 5.x: it needs its own decoding loop) and LLaDA-MoE.
+
+DiffusionGemma (model_type diffusion_gemma, `DiffusionGemmaForBlockDiffusion`) is natively in `transformers`
+5.x and is not a one-sequence masked model: an encoder reads the prompt into a KV cache and a decoder denoises
+a canvas of uniform noise with self-conditioning. It runs through transformers' own class with its own
+decoding loop (fim_server/gemma.py); this module recognises it and reads its tokenizer (GemmaTokenizer's
+`<mask>` names the decoder's undecided slots; the model never sees it). Its weights are checked and loaded by
+fim_server/gemma.py. Not served yet, with a clear error: LLaDA-MoE.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from fim_server.tokenizer import Tokenizer
 
 SUPPORTED = ("Diffill's own (model_type diffill-fim-diffusion); Dream family: Dream, Dream-Coder, DiffuCoder, "
              "DreamOn (model_type Dream); LLaDA (model_type llada); Open-dCoder (model_type qwen2 with a mask "
-             "token in its tokenizer)")
+             "token in its tokenizer); DiffusionGemma (model_type diffusion_gemma)")
 
 
 class ModelLoadError(ValueError):
@@ -43,8 +48,8 @@ class ModelLoadError(ValueError):
 
 @dataclass(frozen=True)
 class Family:
-    name: str  # "dream" | "open-dcoder" | "llada"
-    arch: str  # the transformers modules the weights load into: "qwen2" | "llama"
+    name: str  # "dream" | "open-dcoder" | "llada" | "diffusion-gemma"
+    arch: str  # the transformers modules the weights load into: "qwen2" | "llama" | "diffusion_gemma"
     shift: bool  # logits at position i-1 predict slot i
     mask_tokens: tuple[str, ...]  # names the mask token goes by, in the order they are looked for
 
@@ -52,6 +57,8 @@ class Family:
 DREAM = Family("dream", "qwen2", True, ("<|mask|>",))
 OPEN_DCODER = Family("open-dcoder", "qwen2", True, ("<|mask|>",))
 LLADA = Family("llada", "llama", False, ("<|mdm_mask|>",))
+# logits are aligned (the canvas position predicts itself); <mask> is GemmaTokenizer's, used only inside Diffill
+DIFFUSION_GEMMA = Family("diffusion-gemma", "diffusion_gemma", False, ("<mask>",))
 
 
 def read_config(path: Path) -> dict:
@@ -85,9 +92,7 @@ def detect(path: str | Path) -> Family | None:
     if mt == "llada" or any(a.startswith("LLaDA") for a in archs):
         return LLADA
     if mt.startswith("diffusion_gemma") or any(a.startswith("DiffusionGemma") for a in archs):
-        raise ModelLoadError(f"{path}: DiffusionGemma is recognised but not served yet: it is an encoder-decoder "
-                             f"canvas model with block diffusion and needs its own decoding loop. Supported: "
-                             f"{SUPPORTED}")
+        return DIFFUSION_GEMMA
     if mt == "qwen2":
         if _mask_token(path, OPEN_DCODER) is None:
             raise ModelLoadError(f"{path}: a Qwen2 checkpoint without a mask token in its tokenizer is an "
@@ -202,13 +207,14 @@ def load_tokenizer(path: Path, fam: Family, cfg: dict) -> PublishedTokenizer:
         raise ModelLoadError(f"{path}: no mask token (looked for config.json mask_token_id, tokenizer_config "
                              f"mask_token and {', '.join(fam.mask_tokens)})")
     ends = [i for i in _ids(cfg.get("eos_token_id")) + [named("eos_token")] if i is not None]
-    ends += [by_name[n] for n in ("<|endoftext|>", "<|eot_id|>", "<|im_end|>") if n in by_name]
+    ends += [by_name[n] for n in ("<|endoftext|>", "<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<turn|>")
+             if n in by_name]
     if not ends:
         raise ModelLoadError(f"{path}: no end-of-text token (config.json eos_token_id or tokenizer_config "
                              f"eos_token)")
     pad = next((i for i in _ids(cfg.get("pad_token_id")) + [named("pad_token")] if i is not None), ends[0])
     bos = named("bos_token")
-    if bos is None and fam is LLADA:
+    if bos is None and fam in (LLADA, DIFFUSION_GEMMA):
         bos = next(iter(_ids(cfg.get("bos_token_id"))), None)
     special = frozenset(t["id"] for t in added if t.get("special", True)) | {mask, pad, *ends}
     expand = by_name.get("<|expand|>") if fam is DREAM else None

@@ -146,3 +146,57 @@ def write_llada(out: Path, *, shards: bool = False):
         "max_sequence_length": 4096, "mask_token_id": ids["<|mdm_mask|>"], "eos_token_id": ids["<|endoftext|>"],
         "pad_token_id": ids["<|endoftext|>"], "bos_token_id": ids["<|startoftext|>"]}))
     return ref, ids
+
+
+# ---- DiffusionGemma ---------------------------------------------------------------------------------------
+# GemmaTokenizer's fixed ids first (<pad> 0, <eos> 1, <bos> 2, <unk> 3, <mask> 4), then the turn markers
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+GEMMA_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
+                  sliding_window=8, layer_types=["sliding_attention", "full_attention"], num_experts=4,
+                  top_k_experts=2, moe_intermediate_size=32, max_position_embeddings=4096)
+GEMMA_VISION = dict(model_type="gemma4_vision", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=2, head_dim=16, position_embedding_size=64)
+
+
+def write_gemma_tokenizer(out: Path) -> dict[str, int]:
+    """tokenizer.json in GemmaTokenizer's pipeline (spaces as "▁", no pre-split, byte fallback) and its
+    tokenizer_config.json naming the special tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tk.normalizer = normalizers.Replace(" ", "▁")
+    tk.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tk.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=300, special_tokens=GEMMA_SPECIALS,
+                                                     show_progress=False))
+    tk.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+        "unk_token": "<unk>", "mask_token": "<mask>", "add_bos_token": True}))
+    return {s: tk.token_to_id(s) for s in GEMMA_SPECIALS}
+
+
+def write_diffusion_gemma(out: Path, *, canvas_length: int = 16):
+    """A DiffusionGemma directory as transformers writes it (`save_pretrained`: config.json with text_config and
+    vision_config, generation_config.json, model.safetensors with each tied weight once under its own name).
+    -> (the transformers model holding the same weights, special ids)."""
+    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+
+    out.mkdir(parents=True, exist_ok=True)
+    ids = write_gemma_tokenizer(out)
+    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    text = dict(GEMMA_TEXT, vocab_size=max(vocab.values()) + 1, pad_token_id=ids["<pad>"], bos_token_id=ids["<bos>"],
+                eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]])
+    cfg = DiffusionGemmaConfig(text_config=text, vision_config=GEMMA_VISION, canvas_length=canvas_length)
+    torch.manual_seed(3)
+    model = DiffusionGemmaForBlockDiffusion(cfg).eval()
+    with torch.no_grad():  # norms and scales away from 1 so a missed one shows
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("scale"):
+                p.uniform_(0.5, 1.5)
+        for name, b in model.named_buffers():
+            if name.endswith("layer_scalar"):
+                b.fill_(0.9)
+    model.save_pretrained(str(out))
+    return model, ids

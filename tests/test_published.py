@@ -188,8 +188,7 @@ def _config(path: Path, **changes) -> None:
 
 
 @pytest.mark.parametrize("model_type, words", [
-    ("mamba", ["unknown model family", "Dream", "LLaDA", "Open-dCoder"]),
-    ("diffusion_gemma", ["DiffusionGemma", "not served yet"]),
+    ("mamba", ["unknown model family", "Dream", "LLaDA", "Open-dCoder", "DiffusionGemma"]),
     ("lladamoe", ["mixture-of-experts"]),
 ])
 def test_unsupported_families_are_named(published, tmp_path, model_type, words):
