@@ -37,6 +37,51 @@ def test_block_end_follows_indentation():
     assert block_end(lines, 6) == 6
 
 
+JS = """export class Queue extends EventEmitter {
+  constructor(limit) {
+    super();
+    this.items = [];
+  }
+
+  push(item) {
+    if (this.items.length >= this.limit) {
+      this.emit('full', item);
+    } else {
+      this.items.push(item);
+    }
+    return this;
+  }
+}
+"""
+
+
+def test_a_javascript_block_ends_with_its_closing_brace():
+    lines = JS.split("\n")
+    push = lines.index("  push(item) {")
+    assert lines[block_end(lines, push)] == "  }"  # the method with its brace, not the body alone
+    branch = lines.index("    if (this.items.length >= this.limit) {")
+    assert lines[block_end(lines, branch)] == "    }"  # through `} else {` to the last brace
+    klass = lines.index("export class Queue extends EventEmitter {")
+    assert lines[block_end(lines, klass)] == "}"
+    py = ["x = call(", "    a,", "    b,", ")", "y = 2"]
+    assert block_end(py, 0) == 3  # Python's bracket closes the statement the same way
+
+
+def test_whole_line_middles_of_a_javascript_file_balance_their_braces(tokenizer):
+    """Block middles from a line that opens a brace (and does not close one first, as `} else {` does) close
+    it, and every example fits the sequence with the middle after the <mid> token."""
+    rng = random.Random(0)
+    text = JS * 3
+    lines = text.split("\n")
+    for li, line in enumerate(lines):
+        if line.rstrip().endswith("{") and not line.lstrip().startswith("}"):
+            body = "\n".join(lines[li:block_end(lines, li) + 1])
+            assert body.count("{") == body.count("}"), body
+    for _ in range(50):
+        ids, start, length = make_example(text, tokenizer, rng, 256)
+        assert len(ids) == 256 and ids[start - 1] == tokenizer.middle_id and start < length <= 256
+
+
 def test_ar_examples_write_the_middle_once_after_the_context(tokenizer):
     rng = random.Random(1)
     for _ in range(50):

@@ -14,12 +14,13 @@ same examples and token stream, the middle written after the context as `middle 
 trained with next-token loss under a plain causal mask; exported with `model_type: diffill-fim-ar`.
 
 Middles are the kinds users meet: the rest of a line (cursor mid-line or at its end, often empty once the
-line is done), several lines from a cursor, whole lines (a statement or an indented block, or any k lines)
-as the editor's multi-line edits ask for them, and random character spans. Whole-line middles come in
-two layouts, half each: from the end of the line before them ("\n" + the lines), the way lsp/edits.py
-places rewrite and complete-block regions, and from column 0 (the prefix ends with the newline), the way
-HumanEval-infilling masks lines. The byte-level BPE merges a newline with the indentation after it, so the
-two layouts start with different token sequences and each must be seen in training.
+line is done), several lines from a cursor, whole lines (a statement or an indented block with the line
+that closes its bracket, or any k lines) as the editor's multi-line edits ask for them, and random
+character spans. Whole-line middles come in two layouts, half each: from the end of the line before them
+("\n" + the lines), the way lsp/edits.py places rewrite and complete-block regions, and from column 0 (the
+prefix ends with the newline), the way HumanEval-infilling masks lines. The byte-level BPE merges a newline
+with the indentation after it, so the two layouts start with different token sequences and each must be
+seen in training. Nothing here is Python-only: the same cuts serve JavaScript/TypeScript files.
 
 `--multi-file P`: that share of examples also carries workspace chunks first in its context, in exactly the
 layout and ranking the language server sends as `extra` (fim_server/shared/workspace.py, extra_ids): other
@@ -121,15 +122,23 @@ def _split_window(text: str, rng: random.Random, window_chars: int) -> tuple[int
 
 def block_end(lines: list[str], li: int) -> int:
     """Last line of the statement or indented block that starts at line li: the lines after it that are
-    blank or indented deeper (a proxy for the syntax tree that needs no parser in the data loader)."""
+    blank or indented deeper (a proxy for the syntax tree that needs no parser in the data loader), and the
+    line at li's indentation that closes it with a bracket (JavaScript's `}` / `});`, Python's `)` of a call
+    split over lines): without it the middle is unbalanced and the statement not whole. A closing line that
+    opens again (`} else {`, `} catch (e) {`) continues the statement."""
     indent = len(lines[li]) - len(lines[li].lstrip())
     end = li
     for j in range(li + 1, min(len(lines), li + 40)):
         ln = lines[j]
-        if ln.strip() and len(ln) - len(ln.lstrip()) <= indent:
+        if not ln.strip():
+            continue
+        if len(ln) - len(ln.lstrip()) <= indent:
+            if len(ln) - len(ln.lstrip()) == indent and ln.lstrip().startswith((")", "]", "}")):
+                end = j
+                if ln.rstrip().endswith(("(", "[", "{")):
+                    continue
             break
-        if ln.strip():
-            end = j
+        end = j
     return end
 
 
