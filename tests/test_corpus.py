@@ -182,3 +182,21 @@ def test_the_languages_flag_takes_a_subset_and_refuses_others():
     for bad in ("rust", "", "python,go"):
         with pytest.raises(Exception, match="comma-separated subset"):
             corpus.parse_languages(bad)
+
+
+def test_the_tokenizer_tools_read_a_corpus_of_old_python_and_new_javascript_docs(tmp_path, tokenizer):
+    from fim_server.tokenizer import train_tokenizer
+    from fim_server.train.train_tokenizer import by_language
+
+    write_old_format(tmp_path / "train.jsonl.gz")
+    with gzip.open(tmp_path / "train.jsonl.gz", "at", encoding="utf-8") as f:
+        f.write(json.dumps({"package": "js-lib", "license": "MIT", "path": "lib/queue.js", "text": JS,
+                            "language": "javascript"}) + "\n")
+    with gzip.open(tmp_path / "heldout.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"package": "held", "license": "MIT", "path": "src/clamp.ts", "text": TS,
+                            "language": "typescript"}) + "\n")
+    lines = by_language(tokenizer, tmp_path)
+    assert [x.split(":")[0] for x in lines] == ["train javascript", "train python", "heldout typescript"]
+    assert lines[0].startswith(f"train javascript: 1 files, {len(JS.encode()) / 1e6:.2f} MB")
+    tok = train_tokenizer(corpus.iter_texts(tmp_path / "train.jsonl.gz"), vocab_size=300)
+    assert tok.decode(tok.encode(JS)) == JS  # byte-level: JavaScript round-trips exactly
