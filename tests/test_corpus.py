@@ -200,3 +200,24 @@ def test_the_tokenizer_tools_read_a_corpus_of_old_python_and_new_javascript_docs
     assert lines[0].startswith(f"train javascript: 1 files, {len(JS.encode()) / 1e6:.2f} MB")
     tok = train_tokenizer(corpus.iter_texts(tmp_path / "train.jsonl.gz"), vocab_size=300)
     assert tok.decode(tok.encode(JS)) == JS  # byte-level: JavaScript round-trips exactly
+
+
+def test_python_goes_first_and_keeps_its_files_when_every_language_is_built(tmp_path, monkeypatch):
+    """The Python part is what it was: its documents are read first, so dedupe never drops one for a
+    JavaScript file; its split and format are as before, plus "language"."""
+    from fim_server.train.corpus import Doc
+
+    py = [Doc("python-stdlib", "PSF-2.0", "a.py", "x = [1, 2, 3]\n"), Doc("toolz", "BSD-3-Clause", "t.py", "y = 1\n"),
+          Doc("arrow", "Apache-2.0", "b.py", "z = 2\n")]
+    monkeypatch.setattr(corpus, "stdlib_docs", lambda: py[:1])
+    monkeypatch.setattr(corpus, "package_docs", lambda cache: py[1:])
+    cache = tmp_path / "npm"
+    cache.mkdir()
+    same_text = cached(cache, "js-lib", {"lib/a.js": "x = [1, 2, 3]\n", "lib/queue.js": JS})
+    monkeypatch.setattr(npm_sources, "NPM_PACKAGES", (same_text,))
+    manifest = corpus.build(tmp_path / "out", tmp_path / "sdists", cache)
+    train = list(corpus.iter_docs(tmp_path / "out" / "train.jsonl.gz"))
+    assert [(d["package"], d["path"], d["language"]) for d in train] == [
+        ("python-stdlib", "a.py", "python"), ("toolz", "t.py", "python"), ("js-lib", "lib/queue.js", "javascript")]
+    assert [d["package"] for d in corpus.iter_docs(tmp_path / "out" / "heldout.jsonl.gz")] == ["arrow"]
+    assert manifest["toolz"]["version"] == "1.0.0" and manifest["toolz"]["split"] == "train"
