@@ -3,7 +3,8 @@ across requests that share a token prefix (`ContextCache`).
 
 Contract: `build_context` is pure (tokenizer in, ids out; with token healing, also the text the middle
 must start with). `ContextCache.prefill(ids)` returns the context's
-KV, computing only the tokens after the longest common prefix with any cached context; it is used by one
+KV, computing only the tokens after the longest common prefix with any cached context (and, given a middle's
+masked slots, their first denoising pass in the same forward); it is used by one
 thread only (the engine's worker). The context is causal, so a cached prefix's keys/values are exactly what a
 full prefill would compute (tests/test_model.py): typing at the cursor only appends to the context.
 """
@@ -164,19 +165,25 @@ class ContextCache:
         """How many of `ids`' leading tokens a prefill would take from the cache (nothing is computed)."""
         return min(self._best(tuple(ids))[1], len(ids) - 1)
 
-    def prefill(self, ids: list[int]) -> tuple[KV, int]:
-        """-> (the context's KV, how many of its tokens came from the cache)."""
+    def prefill(self, ids: list[int], slots: torch.Tensor | None = None) -> tuple[KV, int, torch.Tensor | None]:
+        """-> (the context's KV, how many of its tokens came from the cache, and with `slots` (M,) the hidden
+        states (M, D) of a first denoising pass over them, made in the same forward: `model.prefill_with_slots`)."""
         key = tuple(ids)
         best, best_len = self._best(key)
         best_len = min(best_len, len(ids) - 1)  # always recompute at least <fim_middle>
         x = torch.tensor([ids[best_len:]], device=self.device)
+        past = None
         if best is not None and best_len > 0:
             past = [(k[:, :, :best_len], v[:, :, :best_len]) for k, v in self._kv[best]]
             self._kv.move_to_end(best)
-            kv = self.model.prefill(x, past=past)
         else:
             best_len = 0
-            kv = self.model.prefill(x)
+        h = None
+        if slots is None:
+            kv = self.model.prefill(x, past=past)
+        else:
+            kv, h = self.model.prefill_with_slots(x, slots[None].to(self.device), past=past)
+            h = h[0]
         self.stats["prefill_tokens"] += len(ids) - best_len
         self.stats["reused_tokens"] += best_len
         if best is not None and best_len >= len(best) - SUPERSEDED_TAIL and best != key:
@@ -185,7 +192,7 @@ class ContextCache:
         self._kv.move_to_end(key)
         while len(self._kv) > self.entries:
             self._kv.popitem(last=False)
-        return kv, best_len
+        return kv, best_len, h
 
 
 def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:

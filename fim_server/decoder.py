@@ -1,8 +1,9 @@
 """Denoising one middle: its state (`Middle`) and the steps on it (`Decoder`), shared by the batched engine
 (fim_server/engine.py) and the single-request reference loop below, which the engine is tested against.
 
-Contract: `Decoder.admit(req)` builds the context (cache-aware prefill) and the masked slots; `forward(ms)`
-makes ONE forward pass for a batch of middles and returns each one's logits at its masked slots (special
+Contract: `Decoder.admit(req)` builds the context (cache-aware prefill) and the masked slots, and makes the
+first denoising pass in the prefill's forward; `forward(ms)` makes ONE forward pass for a batch of middles
+(those just admitted bring that first pass's logits) and returns each one's logits at its masked slots (special
 tokens other than <eom> banned); `commit(m, logits)` applies one sampler step (fim_server.sampler) and says
 whether the streaming draft changed; `finished(m)` is True once nothing is masked and the syntax check is
 settled (a candidate that adds an error is repaired once by re-masking the tokens around it, so it returns
@@ -108,6 +109,7 @@ class Middle:
     canvas: int = 0
     approx: object = None
     full_window: bool = False  # always the model's whole window, never DecodeConfig.cold_window (edit regions)
+    first_logits: torch.Tensor | None = None  # the first pass's, made with the prefill (Decoder.admit)
 
     @property
     def mean_logprob(self) -> float:
@@ -152,19 +154,26 @@ class Decoder:
                       full_window=True)
 
     def admit(self, m: Middle) -> int:
-        """Context and first slots. -> forward passes spent (1 for a revise middle's scoring pass, else 0)."""
+        """Context and first slots. -> forward passes spent: 1 (a revise middle's scoring pass, or the first
+        denoising pass made with the prefill)."""
         revise = m.revise_threshold is not None
         ctx = self._context(m, "off" if revise else self.config.heal)
         m.ctx_ids, m.context_truncated, m.window_prefix, m.window_suffix, m.heal = ctx
         m.heal_tokens = len(self.tok.encode(m.heal)) if m.heal else 0
         t0 = time.perf_counter()
-        m.ctx_kv, m.cached_tokens = self.cache.prefill(m.ctx_ids)
-        m.prefill_ms = (time.perf_counter() - t0) * 1000
         if revise:
+            m.ctx_kv, m.cached_tokens, _ = self.cache.prefill(m.ctx_ids)
+            m.prefill_ms = (time.perf_counter() - t0) * 1000
             m.slots = self._revise_slots(m)
             return 1
         m.slots = torch.full((min(self.config.initial_slots, self._budget(m)),), self.tok.mask_id, dtype=torch.long)
-        return 0
+        # the first denoising pass rides on the prefill's forward (ContextCache.prefill): `forward` uses these
+        # logits instead of making a pass of its own
+        m.ctx_kv, m.cached_tokens, h = self.cache.prefill(m.ctx_ids, slots=m.slots)
+        m.first_logits = self.model.logits(h).float().cpu()  # every slot is masked yet
+        self.stats["denoise_passes"] += 1
+        m.prefill_ms = (time.perf_counter() - t0) * 1000
+        return 1
 
     def _context(self, m: Middle, heal: str) -> Context:
         """m's context: the model's full window, unless the cache holds too little of it to be cheap (a cold
@@ -284,15 +293,23 @@ class Decoder:
 
     # ---- one forward pass ------------------------------------------------------------------------------------
     def forward(self, batch: list[Middle]) -> list[torch.Tensor]:
-        """ONE forward pass over the middles of `batch` -> per middle, logits (n_masked, V) at its masked slots."""
+        """ONE forward pass over the middles of `batch` -> per middle, logits (n_masked, V) at its masked slots.
+        A middle just admitted brings its first pass's logits (made with its prefill), so only the others run."""
         tok = self.tok
-        self.stats["denoise_passes"] += 1
-        logits = self._masked_logits(batch)  # (N_total, V), float, on the CPU
-        logits[:, self._banned] = float("-inf")  # only text or <eom> may be committed
+        fresh = [m for m in batch if m.first_logits is None]
+        logits = None
+        if fresh:
+            self.stats["denoise_passes"] += 1
+            logits = self._masked_logits(fresh)  # (N_total, V), float, on the CPU
         out, off = [], 0
         for m in batch:
-            n = int((m.slots == tok.mask_id).sum())
-            part = logits[off: off + n]
+            if m.first_logits is not None:
+                part, m.first_logits = m.first_logits, None
+            else:
+                n = int((m.slots == tok.mask_id).sum())
+                part = logits[off: off + n]
+                off += n
+            part[:, self._banned] = float("-inf")  # only text or <eom> may be committed
             if m.revise_threshold is not None:
                 part[:, tok.eom_id] = float("-inf")  # a revised region keeps its token count
                 if self.config.revise_margin:  # the original token's head start (see DecodeConfig)
@@ -301,7 +318,6 @@ class Decoder:
             if m.heal:
                 self._constrain_heal(m, part)
             out.append(part)
-            off += n
         return out
 
     def _masked_logits(self, batch: list[Middle]) -> torch.Tensor:

@@ -367,6 +367,8 @@ class Engine:
     def _advance(self, batch: list[_Part]) -> None:
         """One batched pass over `batch`, then one sampler step for each; a failure is its own part's."""
         middles = [p.middle for p in batch]
+        # a middle just admitted brings its first pass (made with its prefill, counted there)
+        ran = {id(p.request): p.request for p in batch if p.middle.first_logits is None}
         try:
             logits = self.decoder.forward(middles)
         except Exception:
@@ -376,7 +378,7 @@ class Engine:
             for p in batch:
                 self._advance([p])
             return
-        for request in {id(p.request): p.request for p in batch}.values():
+        for request in ran.values():
             request.passes += 1
         for p, part_logits in zip(batch, logits):
             if not p.pending:

@@ -38,6 +38,12 @@ class ScriptedModel:
             return [(zeros, zeros)]
         return [(torch.cat([past[0][0], zeros], dim=2), torch.cat([past[0][1], zeros], dim=2))]
 
+    def prefill_with_slots(self, ids: torch.Tensor, slots: torch.Tensor, past=None):
+        """The prefill and the first pass in one call, as the real model makes them."""
+        kv = self.prefill(ids, past)
+        t = kv[0][0].shape[2]
+        return kv, self.denoise_hidden(slots, torch.arange(t, t + slots.shape[1])[None], kv, None)
+
     def denoise_hidden(self, slots: torch.Tensor, positions: torch.Tensor, ctx, mask) -> torch.Tensor:
         """(B, M) -> (B, M, 1): each slot's index within its middle (positions start at the context's length)."""
         self.passes += 1

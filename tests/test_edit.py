@@ -90,13 +90,14 @@ def tiny_engine(tiny_model, tokenizer):
     eng.close()
 
 
-async def test_holes_are_denoised_together_in_as_many_passes_as_the_slowest(shipped_engine):
+async def test_holes_are_denoised_together_after_a_first_pass_each(shipped_engine):
     alone = [await shipped_engine.infill(InfillRequest(f"a{i}", DOC[:h], DOC[h:], "python")) for i, h in
              enumerate(HOLES)]
     before = shipped_engine.stats["denoise_passes"]
     res = await shipped_engine.edit(edit("e", [EditRegion(h, h) for h in HOLES]))
     assert shipped_engine.stats["denoise_passes"] - before == res.forward_passes  # one run for all holes
-    assert res.forward_passes == max(a.forward_passes for a in alone)
+    # each hole's first pass is made with its own prefill (Decoder.admit), the rest are shared
+    assert res.forward_passes == len(HOLES) + max(a.forward_passes for a in alone) - 1
     assert res.forward_passes < sum(a.forward_passes for a in alone)
     # each hole got what it gets alone (batching does not change answers), unless the joint check reverted it
     for a, r in zip(alone, res.regions):
