@@ -223,3 +223,20 @@ async def test_an_error_in_idle_work_does_not_make_the_worker_spin(tokenizer, ca
     assert "engine worker error" in caplog.text
     assert (await eng.infill(req("after", max_tokens=8))).text == " 1"  # the worker still serves
     eng.close()
+
+
+async def test_freed_memory_goes_back_to_the_os_after_a_pause_not_between_requests(tokenizer, monkeypatch):
+    # a trim costs the next request its page faults (~2.4 ms on 2 cores): not between keystrokes, only after
+    # the worker has been idle for TRIM_AFTER_S
+    import fim_server.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "TRIM_AFTER_S", 0.3)
+    trims = []
+    monkeypatch.setattr(engine_mod, "_release_memory", lambda: trims.append(time.perf_counter()))
+    eng = scripted_engine(tokenizer, text_script(tokenizer, " 1"))
+    for i in range(3):
+        await eng.infill(req(f"r{i}", max_tokens=8))
+    assert trims == []
+    await asyncio.sleep(0.5)
+    assert len(trims) == 1  # once per pause, however long it lasts
+    eng.close()
