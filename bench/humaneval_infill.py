@@ -98,7 +98,7 @@ async def evaluate(engine, ts: list[dict], max_tokens: int, steps: int | None = 
 
 
 def load_model(path: Path, heal: str | None = None, cold_window: int | None = None,
-               initial_slots: int | None = None):
+               initial_slots: int | None = None, eom_threshold: float | None = None):
     """The diffusion engine, or the autoregressive baseline when the model directory says it is one.
     `heal`: the engine's token-healing mode, `cold_window` its window for cold requests (None: its defaults).
     Every task here is a cold request (a context the engine has not seen)."""
@@ -108,8 +108,8 @@ def load_model(path: Path, heal: str | None = None, cold_window: int | None = No
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
     if model_type == AR_MODEL_TYPE:
         return ARDecoder.load(path)
-    kw = {k: v for k, v in (("heal", heal), ("cold_window", cold_window), ("initial_slots", initial_slots))
-          if v is not None}
+    kw = {k: v for k, v in (("heal", heal), ("cold_window", cold_window), ("initial_slots", initial_slots),
+                            ("eom_threshold", eom_threshold)) if v is not None}
     return Engine.load(path, config=EngineConfig(**kw))
 
 
@@ -125,10 +125,11 @@ def main() -> None:
     ap.add_argument("--cold-window", type=int, default=None,
                     help="the engine's window for cold requests (default: its own; 0: the model's full window)")
     ap.add_argument("--initial-slots", type=int, default=None, help="the engine's first block of masked slots")
+    ap.add_argument("--eom-threshold", type=float, default=None, help="the engine's <eom> commit threshold")
     ap.add_argument("--model", type=Path, default=ROOT / "fim_server" / "models" / "default")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "humaneval_infill.json")
     a = ap.parse_args()
-    engine = load_model(a.model, a.heal, a.cold_window, a.initial_slots)
+    engine = load_model(a.model, a.heal, a.cold_window, a.initial_slots, a.eom_threshold)
     probs = problems()
     res: dict = {}
     t0 = time.time()
@@ -146,6 +147,7 @@ def main() -> None:
     res["candidates"] = a.candidates
     res["cold_window"] = engine.config.cold_window if hasattr(engine, "config") else None
     res["initial_slots"] = engine.config.initial_slots if hasattr(engine, "config") else None
+    res["eom_threshold"] = engine.config.eom_threshold if hasattr(engine, "config") else None
     res["model_type"] = json.loads((a.model / "config.json").read_text()).get("model_type")
     res["wall_s"] = round(time.time() - t0, 1)
     write_results(res, a.out, "humaneval_infill.py")
