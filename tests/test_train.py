@@ -258,3 +258,42 @@ def test_pad_weight_scales_only_the_padding_slots(tiny_model, tokenizer):
     full, none, half = diff(1.0), diff(0.0), diff(0.5)
     assert none < full  # the padding carried some of the loss (the draw masked some of it) ...
     assert abs(half - (none + 0.5 * (full - none))) < 1e-5  # ... and exactly w of it
+
+
+# ---- the loader encodes each file once --------------------------------------------------------------------------
+def _real_texts() -> list[str]:
+    root = Path(__file__).resolve().parents[1]
+    texts = [p.read_text() for p in sorted((root / "fim_server").rglob("*.py"))[:12]]
+    js = [p for p in sorted((root / "editor-clients").rglob("*.js")) if "node_modules" not in str(p)]
+    texts += [p.read_text() for p in js[:4]]
+    # what breaks a naive reuse of the whole file's tokens: whitespace runs before a symbol ("\n\n/**", "  x"),
+    # characters split across byte pieces, tabs, trailing spaces
+    texts.append("x = 1;\n\n/**\n * Ünïcödé 日本語 — ok\n */\nfunction f(a,  b) {\n\treturn a  +  b;   \n}\n"
+                 "\n\n  y\n" * 6)
+    return texts
+
+
+def test_a_span_encoded_from_the_files_tokens_is_what_encoding_it_alone_gives(tokenizer):
+    from fim_server.train.train import SpanEncoder
+
+    rng = random.Random(3)
+    texts = _real_texts()
+    checked = 0
+    for text, enc in zip(texts, SpanEncoder.many(tokenizer, texts)):
+        for _ in range(150):
+            a = rng.randrange(0, len(text) + 1)
+            b = rng.randrange(a, min(len(text), a + 3000) + 1)
+            assert enc.encode(a, b) == tokenizer.encode(text[a:b]), (a, b)
+            checked += 1
+    assert checked == 150 * len(texts)
+
+
+def test_encoding_once_gives_the_loader_the_same_examples():
+    from fim_server.train.train import ExampleStream
+
+    texts = _real_texts()
+    tok = str(SHIPPED / "tokenizer.json")
+    once, anew = (iter(ExampleStream(texts, tok, 512, 16, 7, encode_once=e)) for e in (True, False))
+    for _ in range(4):
+        for x, y in zip(next(once), next(anew)):
+            assert torch.equal(x, y)

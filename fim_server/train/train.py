@@ -43,6 +43,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -78,6 +79,50 @@ class TrainConfig:
 
 
 # ---- examples ------------------------------------------------------------------------------------------
+_SPACES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)  # str.isspace's set
+
+
+class SpanEncoder:
+    """The ids `tok.encode(text[a:b])` gives, for many spans of one text, with the text encoded once.
+
+    Why: the loader was the limit of the GPU run (docs/model.md, "Training": 14 workers fed 2.1M tokens/s,
+    7 workers half that), and 83% of a worker's time went to encoding each example's ~2.5 KB window anew.
+    Here only the ends of a span are encoded again: the text's own tokens are reused between two "firm"
+    boundaries, `margin` characters or more inside the span. A firm boundary is a token start where a
+    non-space character is followed by whitespace: byte-level BPE never merges across a pre-token, and
+    there the pre-token before it ends whether or not the text goes on (a cut after "\n\n" before "/" is not
+    firm: the two newlines are one pre-token at the end of a string, two inside one), while the one after
+    it starts afresh in both. Checked against `tok.encode` on real files (tests/test_train.py). Arrays, not
+    lists, so that data-loader workers forked after `many` share the memory instead of copying it."""
+
+    def __init__(self, tok: Tokenizer, text: str, ids: list[int], offsets: list[tuple[int, int]], margin: int = 32):
+        self.tok, self.text, self.margin = tok, text, margin
+        self.ids = np.asarray(ids, dtype=np.int32)
+        off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        space = np.isin(cp, _SPACES)
+        start = off[1:, 0]
+        ok = (start == off[:-1, 1]) & (start > 0) & (start < len(cp))
+        firm = np.zeros_like(ok)
+        firm[ok] = space[start[ok]] & ~space[start[ok] - 1]
+        self.firm = (np.nonzero(firm)[0] + 1).astype(np.int32)  # token indices starting at a firm boundary
+        self.at = off[self.firm, 0]  # ... and the character offsets where they start
+
+    @classmethod
+    def many(cls, tok: Tokenizer, texts: list[str]) -> list[SpanEncoder]:
+        """One per text, encoded as a batch (the tokenizer runs it on every core)."""
+        return [cls(tok, t, ids, off) for t, (ids, off) in zip(texts, tok.encode_offsets_batch(texts))]
+
+    def encode(self, a: int, b: int) -> list[int]:
+        enc = self.tok.encode
+        k0 = int(np.searchsorted(self.at, a + self.margin, side="left"))
+        k1 = int(np.searchsorted(self.at, b - self.margin, side="right")) - 1
+        if k1 <= k0:  # a short span: nothing worth reusing
+            return enc(self.text[a:b])
+        s, e = int(self.at[k0]), int(self.at[k1])
+        return enc(self.text[a:s]) + self.ids[self.firm[k0]: self.firm[k1]].tolist() + enc(self.text[e:b])
+
+
 def split_window(text: str, rng: random.Random, window_chars: int) -> tuple[str, str, str]:
     """Choose a window of the file and a (prefix, middle, suffix) cut of the kinds users meet."""
     return _split_window(text, rng, window_chars)[1:]
@@ -143,17 +188,23 @@ def block_end(lines: list[str], li: int) -> int:
 
 
 def make_example(text: str, tok: Tokenizer, rng: random.Random, seq_len: int, ar: bool = False,
-                 related=None):
+                 related=None, spans: SpanEncoder | None = None):
     """-> (ids[seq_len], slot_start, length) with the slots holding the clean targets. With `ar` the middle
     follows the context as `middle <eom>` (the autoregressive baseline's layout; no padding slots).
     `related(cursor, (window start, end))` -> workspace chunks (`ExtraChunk`s) for this cut of `text`: they go
-    first, as the engine places a request's `extra` (fim_server.context.extra_ids), within half the room."""
+    first, as the engine places a request's `extra` (fim_server.context.extra_ids), within half the room.
+    `spans`: `text` encoded once (SpanEncoder), for speed; the example is the same without it."""
     start, prefix, middle, suffix = _split_window(text, rng, window_chars=seq_len * 5)
     chunks = ()
     if related is not None:
         end = start + len(prefix) + len(middle) + len(suffix)
         chunks = related(start + len(prefix), (start, end))
-    p_ids, m_ids, s_ids = tok.encode_batch([prefix, middle, suffix])
+    if spans is not None:  # `text` encoded once: the same ids as the three parts encoded one by one
+        b = start + len(prefix)
+        c = b + len(middle)
+        p_ids, m_ids, s_ids = spans.encode(start, b), spans.encode(b, c), spans.encode(c, c + len(suffix))
+    else:
+        p_ids, m_ids, s_ids = tok.encode_batch([prefix, middle, suffix])
     need = len(m_ids) + 1
     # The slot count must not give the middle's length away: at inference the engine does not know it and
     # starts from a fixed block. So any bucket that fits is equally likely (a model trained on the tightest
@@ -191,8 +242,11 @@ class ExampleStream(torch.utils.data.IterableDataset):
     server's own index (fim_server/shared/workspace.py), so the model learns the context it will be sent."""
 
     def __init__(self, texts: list[str], tok_path: str, seq_len: int, batch_size: int, seed: int, ar: bool = False,
-                 groups: list[str] | None = None, multi_file: float = 0.0):
+                 groups: list[str] | None = None, multi_file: float = 0.0, encode_once: bool = True):
         self.texts, self.tok_path, self.seq_len, self.bs, self.seed = texts, tok_path, seq_len, batch_size, seed
+        # every text encoded here, once, before the workers fork (they share it); without it each example's
+        # window is encoded anew (the same examples, several times slower: docs/model.md, "Training")
+        self.spans = SpanEncoder.many(Tokenizer.from_file(tok_path), texts) if encode_once else None
         self.ar = ar
         # sample files in proportion to their length (capped), so big files are not over-weighted
         self.weights = [min(len(t), 20_000) for t in texts]
@@ -236,7 +290,8 @@ class ExampleStream(torch.utils.data.IterableDataset):
             batch = []
             for i in rng.choices(order, weights=self.weights, k=self.bs):
                 related = self._related(i, indexes, rng) if rng.random() < self.multi_file else None
-                batch.append(make_example(self.texts[i], tok, rng, self.seq_len, self.ar, related))
+                spans = None if self.spans is None else self.spans[i]
+                batch.append(make_example(self.texts[i], tok, rng, self.seq_len, self.ar, related, spans))
             ids = torch.tensor([b[0] for b in batch], dtype=torch.long)
             yield ids, torch.tensor([b[1] for b in batch]), torch.tensor([b[2] for b in batch])
 
