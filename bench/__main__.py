@@ -2,7 +2,7 @@
 
 Subcommands: humaneval-infill, latency (language server and websocket: cold, warm, single- and
 multi-line), typing (the same run, which includes the typing replay), engine, load, frontier, edits, faults,
-new-lines, http-overhead.
+new-lines, http-overhead, model-shapes.
 `python -m bench SUBCOMMAND --help` lists each one's options. Results land in bench/results/ (see bench/RESULTS.md).
 """
 
@@ -22,6 +22,7 @@ COMMANDS = {
     "new-lines": "bench.new_lines",
     "faults": "bench.faults",
     "http-overhead": "bench.http_overhead",
+    "model-shapes": "bench.model_shapes",
 }
 
 

@@ -23,6 +23,13 @@ def test_engine_latency_smoke(tmp_path):
     assert res["serve_healthy_s"] is not None  # diffill serve came up and answered /healthz
 
 
+def test_model_shapes_smoke(tmp_path):
+    res = run_bench("model_shapes.py", tmp_path / "s.json", "--n", "1")
+    small = res["shapes"][0]
+    assert small["d_model"] == 256 and small["n_layers"] == 6 and small["cold_ms"] > small["pass_ms"] > 0
+    assert [r["params_m"] for r in res["shapes"]][-1] > 15  # `base` is there
+
+
 def test_lsp_latency_smoke(tmp_path):
     res = run_bench("lsp_latency.py", tmp_path / "l.json", "--n", "2", "--keystrokes", "5")
     assert res["single_line_ms"]["n"] == 2 and res["typing_ms"]["keystrokes"] == 5
