@@ -42,7 +42,7 @@ class DecodeConfig:
     # Defaults picked by bench/engine_latency.py sweeps on the shipped model (README, "Measured"):
     threshold: float = 0.8  # confidence tau: lower commits more per pass (faster), higher is more careful
     # commit the leftmost <eom> this likely at once (cuts the padding after it). 0.5: where the model finds it
-    # more likely than not that the middle has ended. Against 0.6 (bench/RESULTS.md, "Where a middle ends"):
+    # more likely than not that the middle has ended. Against 0.6 (bench/RESULTS.md, "Fewer passes"):
     # HumanEval-infilling 8.4/0.2/9.3% vs 8.5/0.2/9.2%, 7% fewer passes there and 14% on held-out files
     eom_threshold: float = 0.5
     initial_slots: int = 8  # first block of masked slots; extended in blocks of this size, up to max_tokens
