@@ -297,3 +297,26 @@ def test_encoding_once_gives_the_loader_the_same_examples():
     for _ in range(4):
         for x, y in zip(next(once), next(anew)):
             assert torch.equal(x, y)
+
+
+def test_the_loaders_caches_do_not_change_its_examples(monkeypatch, tokenizer):
+    # workspace chunks for multi-file examples: directory indexes and each file's parsed chunks are cached per
+    # worker; evicting everything at once must give the same batches as keeping it all
+    import fim_server.train.train as train
+    from fim_server.train.train import ExampleStream
+
+    texts = _real_texts()
+    groups = ["a" if k % 2 else "b" for k in range(len(texts))]
+    tok = str(SHIPPED / "tokenizer.json")
+
+    def batches():
+        it = iter(ExampleStream(texts, tok, 512, 16, 11, groups=groups, multi_file=1.0))
+        return [next(it) for _ in range(3)]
+
+    kept = batches()
+    assert sum(row[0] == tokenizer.file_sep_id for row in kept[0][0].tolist()) >= 4  # chunks were added
+    monkeypatch.setattr(train, "PARSED_CACHE", 1)
+    monkeypatch.setattr(train, "GROUP_CACHE", 1)
+    for a, b in zip(kept, batches()):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)

@@ -97,7 +97,11 @@ class WorkspaceIndex:
 
     def update(self, uri: str, text: str) -> None:
         """(Re)index a document now."""
-        self.remove(uri)
+        self.add(uri, self.chunk(uri, text))
+
+    def chunk(self, uri: str, text: str) -> list[Chunk]:
+        """A document's chunks, with their terms: the costly part of indexing, and nothing indexed yet. The
+        chunks of one text may be added to several indexes (the training loader builds one per directory)."""
         lines = text.splitlines(keepends=True)
         path, out = self._display(uri), []
         for start in range(0, max(1, len(lines)), STEP):
@@ -106,11 +110,16 @@ class WorkspaceIndex:
                 c = Chunk(uri, path, start, min(len(lines), start + CHUNK_LINES), body,
                           Counter(t for t in _IDENT.findall(body) if t not in STOP),
                           frozenset(_DEFINES.findall(body)))
+                c.length = sum(c.terms.values())
                 out.append(c)
             if start + CHUNK_LINES >= len(lines):
                 break
+        return out
+
+    def add(self, uri: str, out: list[Chunk]) -> None:
+        """Index `uri` as these chunks (from `chunk`), in place of what it was."""
+        self.remove(uri)
         for c in out:
-            c.length = sum(c.terms.values())
             self.by_id[id(c)] = c
             self.lengths[id(c)] = c.length
             for t, n in c.terms.items():

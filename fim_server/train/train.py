@@ -56,6 +56,7 @@ from fim_server.train.corpus import iter_docs
 SLOT_BUCKETS = (8, 16, 32, 64, 128)
 GROUP_FILES = 32  # files of one directory indexed together for workspace chunks (`--multi-file`)
 GROUP_CACHE = 64  # directory indexes a loader worker keeps
+PARSED_CACHE = 4096  # files whose parsed chunks a loader worker keeps (~2 KB of text each, and their terms)
 T_MIN = 0.05
 
 
@@ -261,25 +262,38 @@ class ExampleStream(torch.utils.data.IterableDataset):
             self.members.setdefault(g, []).append(i)
         self.groups = groups
 
-    def _related(self, i: int, indexes: OrderedDict, rng: random.Random):
+    def _related(self, i: int, indexes: OrderedDict, rng: random.Random, parsed: OrderedDict):
         """The `related` callback of make_example for text i: its group's index (built once per worker, the
-        last GROUP_CACHE kept), collecting what a `contextTokens` of half the window would send."""
+        last GROUP_CACHE kept; each file's chunks parsed once, the last PARSED_CACHE kept, since parsing was
+        60% of building an index), collecting what a `contextTokens` of half the window would send."""
         g = self.groups[i]
         idx = indexes.get(g)
+
+        def add(j: int) -> None:
+            uri = f"file:///{j}"
+            chunks = parsed.get(j)
+            if chunks is None:
+                chunks = parsed[j] = idx.chunk(uri, self.texts[j])
+                while len(parsed) > PARSED_CACHE:
+                    parsed.popitem(last=False)
+            else:
+                parsed.move_to_end(j)
+            idx.add(uri, chunks)
+
         if idx is None:
             members = self.members[g]
             if len(members) > GROUP_FILES:  # big directories: the file itself and a sample of the others
                 members = [i] + rng.sample([j for j in members if j != i], GROUP_FILES - 1)
             idx = WorkspaceIndex()
             for j in members:
-                idx.update(f"file:///{j}", self.texts[j])
+                add(j)
             indexes[g] = idx
             while len(indexes) > GROUP_CACHE:
                 indexes.popitem(last=False)
         else:
             indexes.move_to_end(g)
         if f"file:///{i}" not in idx.chunks:
-            idx.update(f"file:///{i}", self.texts[i])
+            add(i)
         budget_chars = self.seq_len // 2 * 3
         text = self.texts[i]
         return lambda cursor, window: idx.collect(f"file:///{i}", text, cursor, window, budget_chars)
@@ -290,11 +304,12 @@ class ExampleStream(torch.utils.data.IterableDataset):
         rng = random.Random(self.seed * 1000 + wid)
         tok = Tokenizer.from_file(self.tok_path)
         indexes: OrderedDict = OrderedDict()
+        parsed: OrderedDict = OrderedDict()
         order = range(len(self.texts))
         while True:
             batch = []
             for i in rng.choices(order, weights=self.weights, k=self.bs):
-                related = self._related(i, indexes, rng) if rng.random() < self.multi_file else None
+                related = self._related(i, indexes, rng, parsed) if rng.random() < self.multi_file else None
                 spans = None if self.spans is None else self.spans[i]
                 batch.append(make_example(self.texts[i], tok, rng, self.seq_len, self.ar, related, spans))
             ids = torch.tensor([b[0] for b in batch], dtype=torch.long)
