@@ -169,7 +169,7 @@ class Decoder:
             m.prefill_ms = (time.perf_counter() - t0) * 1000
             m.slots = self._revise_slots(m)
             return 1
-        m.slots = torch.full((min(self.config.initial_slots, self._budget(m)),), self.tok.mask_id, dtype=torch.long)
+        m.slots = self._first_slots(m)
         # the first denoising pass rides on the prefill's forward (ContextCache.prefill): `forward` uses these
         # logits instead of making a pass of its own
         m.ctx_kv, m.cached_tokens, h = self.cache.prefill(m.ctx_ids, slots=m.slots)
@@ -223,6 +223,10 @@ class Decoder:
         """Forget every cached context, and what was queued to prefill."""
         self.cache.clear()
         self._ahead.clear()
+
+    def _first_slots(self, m: Middle) -> torch.Tensor:
+        """The first block of masked slots: `initial_slots`, or fewer when the budget is smaller."""
+        return torch.full((min(self.config.initial_slots, self._budget(m)),), self.tok.mask_id, dtype=torch.long)
 
     def _budget(self, m: Middle) -> int:
         """Slots the middle may grow to: the request's tokens, plus those of the healed prefix end."""

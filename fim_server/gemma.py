@@ -181,7 +181,7 @@ class GemmaDecoder(Decoder):
                                    f"(one canvas)", id=req.id)
             m.slots = self._revise_slots(m)
             return 1
-        m.slots = torch.full((min(self.config.initial_slots, self._budget(m)),), self.tok.mask_id, dtype=torch.long)
+        m.slots = self._first_slots(m)
         return 0
 
     def release(self, m: Middle) -> None:

@@ -63,13 +63,9 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tk.encode(text, add_special_tokens=False).ids
 
-    def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """ids and each token's (start, end) character offsets in `text` (the tokens of a character split
-        across byte pieces share its offsets)."""
-        e = self._tk.encode(text, add_special_tokens=False)
-        return e.ids, e.offsets
-
     def encode_offsets_batch(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """Per text: ids and each token's (start, end) character offsets in it (the tokens of a character split
+        across byte pieces share its offsets)."""
         return [(e.ids, e.offsets) for e in self._tk.encode_batch(list(texts), add_special_tokens=False)]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
