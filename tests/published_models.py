@@ -4,6 +4,7 @@ weights. Used by tests/test_published.py; nothing here is downloaded."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -31,6 +32,19 @@ SPECIALS = {
     "llada": (["<|startoftext|>", "<|endoftext|>", "<|eot_id|>", "<|mdm_mask|>"],
               {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}),
 }
+async def ws_infill(port: int, prefix: str, suffix: str, max_tokens: int = 8) -> dict:
+    """One streamed infill over a `diffill serve` websocket on loopback -> its final message (result or error)."""
+    from websockets.asyncio.client import connect
+
+    async with connect(f"ws://127.0.0.1:{port}") as ws:
+        await ws.send(json.dumps({"type": "infill", "id": "w", "prefix": prefix, "suffix": suffix,
+                                  "language": "python", "max_tokens": max_tokens, "stream": True}))
+        while True:
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            if msg["type"] in ("result", "error"):
+                return msg
+
+
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, rms_norm_eps=1e-6)
 

@@ -5,7 +5,6 @@ goes on into the suffix's text is cut where it does, and broken directories get 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import sys
@@ -16,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from published_models import write_diffusion_gemma  # noqa: E402
+from published_models import write_diffusion_gemma, ws_infill  # noqa: E402
 
 from fim_server import bidir, families, gemma  # noqa: E402
 from fim_server.decoder import DecodeConfig, Middle, reference_infill  # noqa: E402
@@ -177,8 +176,6 @@ def test_echo_cut(text, suffix, cut):
 
 
 async def test_served_over_websocket(gemma_dir):
-    from websockets.asyncio.client import connect
-
     from fim_server.engine import Engine
     from fim_server.server import ServerConfig, start_server
 
@@ -187,13 +184,7 @@ async def test_served_over_websocket(gemma_dir):
     srv = await start_server(eng, ServerConfig(port=0))
     port = srv.sockets[0].getsockname()[1]
     try:
-        async with connect(f"ws://127.0.0.1:{port}") as ws:
-            await ws.send(json.dumps({"type": "infill", "id": "w", "prefix": PREFIX, "suffix": SUFFIX,
-                                      "language": "python", "max_tokens": 8, "stream": True}))
-            while True:
-                msg = json.loads(await asyncio.wait_for(ws.recv(), 60))
-                if msg["type"] in ("result", "error"):
-                    break
+        msg = await ws_infill(port, PREFIX, SUFFIX)
         assert msg["type"] == "result" and msg["id"] == "w" and msg["forward_passes"] >= 1
         assert msg["tokens"] <= 8 + 3  # (+ up to 3 healed prefix tokens)
     finally:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from published_models import write_dream, write_llada, write_open_dcoder  # noqa: E402
+from published_models import write_dream, write_llada, write_open_dcoder, ws_infill  # noqa: E402
 
 from fim_server import bidir, families  # noqa: E402
 from fim_server.decoder import DecodeConfig, Middle, reference_infill  # noqa: E402
@@ -127,8 +127,6 @@ async def test_edits_fill_and_revise(published):
 
 
 async def test_served_over_websocket_and_http(published):
-    from websockets.asyncio.client import connect
-
     from fim_server.engine import Engine
     from fim_server.server import ServerConfig, start_server
 
@@ -137,13 +135,7 @@ async def test_served_over_websocket_and_http(published):
     srv = await start_server(eng, ServerConfig(port=0))
     port = srv.sockets[0].getsockname()[1]
     try:
-        async with connect(f"ws://127.0.0.1:{port}") as ws:
-            await ws.send(json.dumps({"type": "infill", "id": "w", "prefix": PREFIX, "suffix": SUFFIX,
-                                      "language": "python", "max_tokens": 8, "stream": True}))
-            while True:
-                msg = json.loads(await asyncio.wait_for(ws.recv(), 60))
-                if msg["type"] in ("result", "error"):
-                    break
+        msg = await ws_infill(port, PREFIX, SUFFIX)
         assert msg["type"] == "result" and msg["id"] == "w" and isinstance(msg["text"], str)
         assert msg["forward_passes"] >= 1
 
