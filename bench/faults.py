@@ -176,12 +176,17 @@ async def campaign(url: str, quick: bool, rss) -> dict:
         for e in range(edits):
             await abuser.send(json.dumps({"type": "cancel", "id": f"e{e}"}))
     after = rss()
-    for _ in range(20):  # the engine retires the cancelled edits, goes idle and returns its memory
+    # the engine retires the cancelled edits, goes idle and, TRIM_AFTER_S later, returns its memory: wait for
+    # that, then until the resident size stops falling
+    from fim_server.engine import TRIM_AFTER_S
+
+    settle = time.perf_counter() + TRIM_AFTER_S + 1.0
+    for _ in range(20 + int(2 * TRIM_AFTER_S)):
         await asyncio.sleep(0.5)
         now = rss()
-        if now >= after - 1:
+        if now >= after - 1 and time.perf_counter() > settle:
             break
-        after = now
+        after = min(after, now)
     out["abusive_neighbour"] = {"edits_in_flight": edits, "holes_each": len(holes),
                                 "normal_ms": {"p50": pct(normal_ms, 50), "p95": pct(normal_ms, 95),
                                               "n": len(normal_ms)}}
